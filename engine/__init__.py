@@ -1,0 +1,1 @@
+"""bioprune.engine: data, models, MLM, per-sample gradients, Fisher, scoring, selection, training."""
