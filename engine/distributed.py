@@ -1,0 +1,80 @@
+"""Process-group set-up shared by every entry point.
+
+Entry points run either under the ``deepspeed`` launcher (which sets RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR) or as plain ``python`` (one process, no process group). On CUDA the
+backend is NCCL, elsewhere gloo. The group is destroyed at exit: without that, ranks abort on
+teardown.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched_distributed() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group if launched by ``deepspeed``/``torchrun``; return (rank, world)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if not launched_distributed():
+        return 0, 1
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend or default_backend())
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        share_cpu_cores()
+    atexit.register(finalize)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def share_cpu_cores() -> None:
+    """CPU ranks on one machine split its cores: several ranks each running a full-width
+    OpenMP pool oversubscribe the cores, and spinning threads then run ~10x slower."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // max(local, 1)))
+
+
+def finalize() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,0 +1,232 @@
+"""The hooks: capture each layer's input in forward and its output gradient in backward.
+
+Use::
+
+    with SquaredGradCollector(bundle, params, Mode.FISHER) as col:
+        loss = per_sample_loss(model(tokens), labels).sum()  # Σ_b ℓ_b: d of sample b is ∂ℓ_b
+        loss.backward()
+        col.flush()                                          # fold in the materialised params
+    col.fisher  # {name: Σ_b g_b ⊙ g_b}
+
+Inside the context every parameter is frozen (``requires_grad=False``) and the embedding outputs
+are made leaves that require grad, so autograd computes activation gradients only: the weight
+gradient GEMMs of a training step are replaced by the per-sample reductions of the kernels. The
+cost of a pass is therefore about one training forward + backward.
+
+Modes:
+- ``FISHER``: ``fisher[name] += Σ_b g_b²`` (fp32, the parameter's shape).
+- ``SCORE``: ``scores[b] += Σ_j w_j g_bj²`` with ``w = 1/(F + λ)`` per parameter.
+- ``PER_SAMPLE``: ``squared[name] = g_b²`` materialised (B, *shape); for tests and small models.
+
+A parameter used by more than one layer (RNA-FM's token embedding is also its LM projection)
+has its per-sample gradient materialised from every use, summed, and only then squared.
+"""
+from __future__ import annotations
+
+import enum
+from collections import Counter
+
+import torch
+from torch import nn
+
+from .registry import handler_for
+
+
+class Mode(enum.Enum):
+    FISHER = "fisher"
+    SCORE = "score"
+    PER_SAMPLE = "per_sample"
+
+
+class SquaredGradCollector:
+    def __init__(self, bundle, params: list[tuple[str, nn.Parameter]], mode: Mode,
+                 weights: dict[str, torch.Tensor] | None = None, backend: str | None = None):
+        self.bundle, self.mode, self.backend = bundle, mode, backend
+        self.model: nn.Module = bundle.module
+        self.names = {id(p): n for n, p in params}
+        self.params = dict(params)
+        if mode is Mode.SCORE:
+            if weights is None:
+                raise ValueError("SCORE mode needs weights = {name: 1/(F + λ)}")
+            self.weights = {id(self.params[n]): weights[n] for n in self.params}
+        self._rules = self._find_rules()
+        self._uses = self._count_uses()
+        self.fisher: dict[str, torch.Tensor] = {}
+        if mode is Mode.FISHER:
+            self.fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
+        self.scores: torch.Tensor | None = None
+        self.squared: dict[str, torch.Tensor] = {}
+        self._pending: dict[int, torch.Tensor] = {}
+        self._handles: list = []
+        self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
+        self._batch_size: int | None = None
+        self._forwards = self._backwards = 0
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _find_rules(self):
+        rules = []
+        covered: set[int] = set()
+        for name, module in self.model.named_modules():
+            rule = handler_for(module)
+            if rule is None:
+                continue
+            own = [p for p in module.parameters(recurse=False) if id(p) in self.names]
+            if not own:
+                continue
+            rules.append((name, module, rule))
+            covered.update(id(p) for p in own)
+        missing = [n for i, n in self.names.items() if i not in covered]
+        if missing:
+            raise NotImplementedError(
+                f"no per-sample gradient rule covers {missing[:5]}: register one in "
+                "bioprune.engine.grad_sample.layers, or exclude them with --params")
+        return rules
+
+    def _count_uses(self) -> Counter:
+        uses: Counter = Counter()
+        for _, module, _ in self._rules:
+            for p in module.parameters(recurse=False):
+                if id(p) in self.names:
+                    uses[id(p)] += 1
+        return uses
+
+    def covers(self, p) -> bool:
+        return p is not None and id(p) in self.names
+
+    # ---- context: freeze parameters, install hooks ---------------------------------------------
+    def __enter__(self):
+        for p in self.model.parameters():
+            self._saved_requires_grad.append((p, p.requires_grad))
+            p.requires_grad_(False)
+        for name, module, rule in self._rules:
+            self._install(name, module, rule)
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for p, rg in self._saved_requires_grad:
+            p.requires_grad_(rg)
+        self._saved_requires_grad.clear()
+        self._pending.clear()
+        return False
+
+    def _install(self, name: str, module: nn.Module, rule) -> None:
+        time_first = self.bundle.is_time_first(name)
+        stash: dict[str, torch.Tensor] = {}
+
+        if rule.input_from_child:
+            child = getattr(module, rule.input_from_child)
+            # the child's own time-first layout is the parent's
+            self._handles.append(child.register_forward_hook(
+                lambda m, inp, out: stash.__setitem__("x", out.detach())))
+
+        def forward_hook(m, inputs, output):
+            if not rule.input_from_child:
+                stash["x"] = inputs[0] if rule.uses_raw_input else inputs[0].detach()
+            x = stash.pop("x")
+            replaced = None
+            if not output.requires_grad:
+                # first layer (an embedding): make its output the leaf that gradients flow to
+                replaced = output.detach().requires_grad_(True)
+                output = replaced
+
+            self._forwards += 1
+            if output.grad_fn is None:
+                output.register_hook(lambda d: self._apply(module, rule, x, d, time_first))
+                return replaced
+            # A pre-hook on the node that produced the output sees the gradient of the output as
+            # the module returned it, even when the caller then modifies it in place (fm's
+            # attention does ``q *= scaling``), which a tensor hook would miss. nn.Linear on 3-D
+            # input returns a reshaping view of a 2-D product: hook the product's node.
+            node, shape = output.grad_fn, output.shape
+            if output._is_view():
+                base = output._base
+                if base.numel() != output.numel() or not base.is_contiguous() or base.grad_fn is None:
+                    output = output.clone()  # an unusual view: tap a private copy instead
+                    output.grad_fn.register_prehook(
+                        lambda grads: self._apply(module, rule, x, grads[0], time_first))
+                    return output
+                node = base.grad_fn
+            node.register_prehook(
+                lambda grads: self._apply(module, rule, x, grads[0].reshape(shape), time_first))
+            return replaced
+
+        self._handles.append(module.register_forward_hook(forward_hook))
+
+    # ---- backward: one rule call per layer -----------------------------------------------------
+    def _apply(self, module, rule, x, d, time_first: bool) -> None:
+        if time_first:
+            x = x.transpose(0, 1)
+            d = d.transpose(0, 1)
+        B = d.shape[0]
+        if self._batch_size is None:
+            self._batch_size = B
+            if self.mode is Mode.SCORE:
+                self.scores = torch.zeros(B, dtype=torch.float64, device=d.device)
+        elif B != self._batch_size:
+            raise RuntimeError(f"layer batch size {B} != {self._batch_size}: wrong time_first layout?")
+        self._backwards += 1
+        rule.fn(module, x, d, self)
+
+    def linear(self, weight, bias, x, d) -> None:
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        d = d.reshape(d.shape[0], -1, d.shape[-1])
+        w_cov, b_cov = self.covers(weight), self.covers(bias)
+        fused_w = w_cov and self._uses[id(weight)] == 1 and self.mode is not Mode.PER_SAMPLE
+        fused_b = b_cov and self._uses[id(bias)] == 1 and self.mode is not Mode.PER_SAMPLE
+        if w_cov and not fused_w:
+            self.add(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
+        if b_cov and not fused_b:
+            self.add(bias, d.float().sum(1))
+        if not fused_w:
+            if fused_b:  # bias alone through the fused path: G_b of the bias is Σ_t d_bt
+                self._reduce(bias, d.float().sum(1))
+            return
+        from bioprune.kernels import fisher_accumulate, weighted_sq_norm
+
+        if self.mode is Mode.FISHER:
+            fisher_accumulate(x, d, self.fisher[self.names[id(weight)]],
+                              bias_fisher=self.fisher[self.names[id(bias)]] if fused_b else None,
+                              backend=self.backend)
+        else:
+            s = weighted_sq_norm(x, d, self.weights[id(weight)],
+                                 bias_weight=self.weights[id(bias)] if fused_b else None,
+                                 backend=self.backend)
+            self.scores += s.double()
+
+    def add(self, p, g: torch.Tensor) -> None:
+        """A materialised per-sample gradient contribution (B, *p.shape) of parameter ``p``."""
+        if self._uses[id(p)] == 1:
+            self._reduce(p, g)
+        elif id(p) in self._pending:
+            self._pending[id(p)] = self._pending[id(p)] + g
+        else:
+            self._pending[id(p)] = g
+
+    def _reduce(self, p, g: torch.Tensor) -> None:
+        name = self.names[id(p)]
+        sq = g.float().square()
+        if self.mode is Mode.FISHER:
+            self.fisher[name] += sq.sum(0)
+        elif self.mode is Mode.SCORE:
+            self.scores += (sq * self.weights[id(p)]).flatten(1).sum(1).double()
+        else:
+            self.squared[name] = sq
+
+    def flush(self) -> None:
+        """Call after backward: reduce parameters used by several layers, end the batch."""
+        if self._backwards != self._forwards:
+            raise RuntimeError(
+                f"{self._forwards} hooked layers ran forward but {self._backwards} saw a gradient: "
+                "a layer's output was detached or the loss does not depend on it")
+        self._forwards = self._backwards = 0
+        for pid, g in self._pending.items():
+            self._reduce(self.params[self.names[pid]], g)
+        self._pending.clear()
+        self._batch_size = None
+
+    def take_scores(self) -> torch.Tensor:
+        s, self.scores = self.scores, None
+        return s

@@ -1,0 +1,81 @@
+"""Selection outputs (DESIGN.md, "Run directory"), written by rank 0, each atomically:
+
+- ``coreset.npy``          int64 corpus indices, ascending
+- ``selection.json``       strategy, parameters, n, budget, per-stratum edges / sizes / budgets /
+                           picks, score summary, plot histogram
+- ``score_histogram.png``  log-count histogram of all scores (from the all-reduced bin counts) with
+                           the strata edges, the hard cut-off and the picked mass
+- ``coreset.fasta``        with the corpus given
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, save_npy, write_json
+
+CORESET = "coreset.npy"
+REPORT = "selection.json"
+PLOT = "score_histogram.png"
+FASTA = "coreset.fasta"
+
+
+def write_outputs(out_dir, indices: np.ndarray, report: dict, plot: bool = True) -> dict:
+    """Write coreset.npy, selection.json and the histogram PNG; returns {name: path}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    idx = np.ascontiguousarray(indices, dtype=np.int64)
+    if idx.size > 1 and not (np.diff(idx) > 0).all():
+        raise ValueError("coreset indices must be strictly ascending")
+    paths = {"coreset": out / CORESET, "report": out / REPORT}
+    save_npy(paths["coreset"], idx)
+    write_json(paths["report"], report)
+    if plot:
+        paths["plot"] = out / PLOT
+        plot_histogram(report, paths["plot"])
+    return paths
+
+
+def plot_histogram(report: dict, path) -> None:
+    """Log-count histogram of all scores, picked mass, strata edges and the hard cut-off."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    hist = report["histogram"]
+    edges = np.asarray(hist["edges"], dtype=np.float64)
+    counts = np.asarray(hist["counts"], dtype=np.float64)
+    picked = np.asarray(hist["picked"], dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+    ax.stairs(counts, edges, fill=True, color="0.75", label=f"all scores (n = {report['n']:,})")
+    if picked.any():
+        ax.stairs(picked, edges, fill=True, color="tab:blue", alpha=0.85,
+                  label=f"picked ({report['strategy']}, {report['budget']:,})")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)
+    strata = report.get("strata")
+    if strata:
+        for j, e in enumerate(strata["edges"]):
+            ax.axvline(e, color="tab:green", lw=0.5, alpha=0.6,
+                       label=f"strata edges (K = {strata['K']})" if j == 0 else None)
+    cut = report.get("cut")
+    if cut and cut.get("dropped"):
+        x = cut["retained_max_score"]
+        ax.axvline(x, color="tab:red", lw=1.5,
+                   label=f"hard cut-off: top {cut['hard_cutoff']:g} dropped ({cut['dropped']:,})")
+        ax.axvspan(x, edges[-1], color="tab:red", alpha=0.08)
+    ax.set_xlabel("self-influence score")
+    ax.set_ylabel("count (log)")
+    ax.set_title(f"{report['strategy']}: {report['budget']:,} of {report['n']:,} samples")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_fasta(corpus, indices, path) -> int:
+    """coreset.fasta through the corpus (its own writer is atomic)."""
+    return int(corpus.write_fasta(np.asarray(indices, dtype=np.int64), Path(path)))

@@ -1,0 +1,235 @@
+"""Masked-language-model training on DeepSpeed: the adaptation step (DESIGN step 1) and
+pretraining from scratch on a coreset (step 5) are the same loop with different settings.
+
+Read top to bottom: ``TrainSettings`` → ``make_engine`` (DeepSpeed + ZeRO config from
+``ds_configs/``, transformers' LR schedule) → ``train`` (epochs of sharded, deterministic batches;
+held-out loss and perplexity; checkpoints and resume) → ``export_weights`` (a plain state dict).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import distributed, hashing
+from .atomic import write_text
+from .batching import IGNORE, make_batch, per_sample_loss
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+
+@dataclass
+class TrainSettings:
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    schedule: str            # "constant" (after warm-up) or "inverse_sqrt"
+    epochs: int
+    micro_batch_size: int
+    seed: int
+    max_residues: int
+    zero_stage: int = 2
+    ds_config: str | None = None  # a DeepSpeed JSON; default ds_configs/<device>_zero<stage>_*.json
+    grad_accum: int = 1
+
+
+def default_ds_config(stage: int) -> Path:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    kind = "bf16" if dev == "cuda" else "fp32"
+    path = DS_CONFIG_DIR / f"{dev}_zero{stage}_{kind}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no DeepSpeed config {path}; ZeRO stages are 0-3")
+    return path
+
+
+def load_ds_config(settings: TrainSettings) -> dict:
+    path = Path(settings.ds_config) if settings.ds_config else default_ds_config(settings.zero_stage)
+    cfg = json.loads(path.read_text())
+    # The command line owns the batch geometry and the optimiser's hyper-parameters.
+    cfg.pop("train_batch_size", None)
+    cfg["train_micro_batch_size_per_gpu"] = settings.micro_batch_size
+    cfg["gradient_accumulation_steps"] = settings.grad_accum
+    opt = cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    opt["params"].update(lr=settings.lr, weight_decay=settings.weight_decay)
+    if not torch.cuda.is_available():
+        opt["params"]["torch_adam"] = True
+        cfg.pop("bf16", None)
+        cfg.pop("fp16", None)
+    cfg["_source"] = str(path)
+    return cfg
+
+
+def make_engine(bundle, settings: TrainSettings, total_steps: int):
+    import deepspeed
+    from transformers import get_constant_schedule_with_warmup, get_inverse_sqrt_schedule
+
+    cfg = load_ds_config(settings)
+    source = cfg.pop("_source")
+
+    def schedule(optimizer):
+        if settings.schedule == "inverse_sqrt":
+            return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=settings.warmup_steps)
+        return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=settings.warmup_steps)
+
+    params = [p for p in bundle.module.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=bundle.module, model_parameters=params, config=cfg, lr_scheduler=schedule)
+    engine.bioprune_config_source = source
+    return engine
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The global order of an epoch: sorted by hash(seed·epoch, index), the same on every rank."""
+    keys = hashing.hash_keys(seed * 1_000_003 + epoch, indices, hashing.SHUFFLE)
+    return np.asarray(indices)[np.lexsort((indices, keys))]
+
+
+def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, rank: int, world: int):
+    """This rank's micro-batches; every rank gets the same count (the order wraps around)."""
+    order = epoch_order(indices, seed, epoch)
+    per_step = micro_batch * world
+    steps = max(1, math.ceil(len(order) / per_step))
+    need = steps * per_step
+    if need > len(order):  # like DistributedSampler: pad by repeating from the start
+        order = np.concatenate([order, np.resize(order, need - len(order))])
+    mine = order[rank::world]
+    return [mine[s * micro_batch:(s + 1) * micro_batch] for s in range(steps)]
+
+
+def steps_per_epoch(n: int, micro_batch: int, world: int) -> int:
+    return max(1, math.ceil(n / (micro_batch * world)))
+
+
+@torch.no_grad()
+def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSettings) -> dict:
+    """Held-out MLM loss (mean per-sample ℓ) and perplexity (exp of the token-level mean CE)."""
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = np.asarray(indices)[rank::world]
+    acc = torch.zeros(4, dtype=torch.float64)  # Σ ℓ_b, #samples, Σ token CE, #tokens
+    engine.eval()
+    for s in range(0, len(mine), settings.micro_batch_size):
+        b = make_batch(corpus, mine[s:s + settings.micro_batch_size], bundle, settings.seed,
+                       settings.max_residues).to(engine.device)
+        logits = engine(b.tokens).float()
+        loss = per_sample_loss(logits, b.labels)
+        ce = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), b.labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        acc += torch.tensor([loss.sum().item(), len(loss), ce.item(),
+                             (b.labels != IGNORE).sum().item()], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(acc)
+    engine.train()
+    loss = acc[0].item() / max(acc[1].item(), 1)
+    return {"heldout_loss": loss, "heldout_ppl": math.exp(acc[2].item() / max(acc[3].item(), 1))}
+
+
+def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, checkpoint_dir=None,
+          heldout: np.ndarray | None = None, metrics_csv=None, tensorboard_dir=None,
+          progress_desc: str = "train") -> dict:
+    """Train ``bundle.module`` on ``indices`` of ``corpus``; resume from ``checkpoint_dir``."""
+    from tqdm import tqdm
+
+    rank, world = distributed.rank(), distributed.world_size()
+    total = steps_per_epoch(len(indices), settings.micro_batch_size, world) * settings.epochs
+    engine = make_engine(bundle, settings, total)
+    start_epoch = 0
+    if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
+        _, client = engine.load_checkpoint(str(checkpoint_dir))
+        start_epoch = int(client.get("epoch", -1)) + 1
+    writer = None
+    if tensorboard_dir and rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tensorboard_dir))
+    rows = _read_metrics(metrics_csv) if metrics_csv else []
+    rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+    t0 = time.time()
+    seen = 0
+    engine.train()
+    for epoch in range(start_epoch, settings.epochs):
+        batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world)
+        bar = tqdm(batches, desc=f"{progress_desc} epoch {epoch + 1}/{settings.epochs}",
+                   disable=rank != 0, unit="batch", dynamic_ncols=True)
+        run_loss, n_loss = 0.0, 0
+        t_epoch = time.time()
+        for idx in bar:
+            # new masks every epoch: the mask seed moves with the epoch, crops stay put
+            b = make_batch(corpus, idx, bundle, settings.seed, settings.max_residues,
+                           mask_seed=settings.seed + 7919 * (epoch + 1)).to(engine.device)
+            loss = per_sample_loss(engine(b.tokens), b.labels).mean()
+            engine.backward(loss)
+            engine.step()
+            run_loss += loss.item()
+            n_loss += 1
+            seen += len(idx) * world
+            if rank == 0:
+                bar.set_postfix(loss=f"{run_loss / n_loss:.3f}",
+                                seq_s=f"{len(idx) * world * n_loss / (time.time() - t_epoch):.1f}")
+            if writer:
+                writer.add_scalar("train/loss", loss.item(), engine.global_steps)
+                writer.add_scalar("train/lr", engine.get_lr()[0], engine.global_steps)
+        row = {"epoch": epoch, "step": engine.global_steps, "train_loss": run_loss / max(n_loss, 1),
+               "seconds": time.time() - t_epoch}
+        if heldout is not None and len(heldout):
+            row.update(evaluate(engine, bundle, corpus, heldout, settings))
+        rows.append(row)
+        if writer:
+            for k, v in row.items():
+                if k not in ("epoch", "step"):
+                    writer.add_scalar(f"epoch/{k}", v, epoch)
+        if rank == 0 and metrics_csv:
+            _write_metrics(metrics_csv, rows)
+        if checkpoint_dir:
+            engine.save_checkpoint(str(checkpoint_dir), tag=f"epoch{epoch}", client_state={"epoch": epoch})
+    if writer:
+        writer.close()
+    return {"engine": engine, "metrics": rows, "steps": engine.global_steps,
+            "seconds": time.time() - t0, "sequences": seen, "start_epoch": start_epoch}
+
+
+def export_weights(engine, bundle, directory) -> Path | None:
+    """Write the trained weights as a plain state dict (``model.safetensors`` + ``config.json``).
+
+    Under ZeRO-3 the parameters are partitioned: gather them first. Every rank must call this.
+    """
+    from .models import save_state
+
+    stage = engine.zero_optimization_stage()
+    module = engine.module
+    if stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    else:
+        state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    out = save_state(state, bundle.config, directory) if distributed.is_main() else None
+    distributed.barrier()
+    return out
+
+
+def _read_metrics(path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _write_metrics(path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
