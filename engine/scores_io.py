@@ -233,8 +233,9 @@ def check_scores(index, score, n: int | None = None, comm=None, limit: int = 10)
     on every rank together if any score is NaN/inf or the indices are not exactly a permutation
     of 0..n-1 (n = ``n`` if given, e.g. the ``_SUCCESS`` count, else the total number of rows).
 
-    Exact: a presence bitmap over 0..n-1, OR-reduced across ranks window by window, plus the
-    all-reduced row count (every index present and n rows <=> a permutation).
+    Exact: every rank owns a contiguous range of 0..n-1 and receives (all-to-all) the indices
+    that fall in it, marking them in a presence array; with the all-reduced row count, every
+    index present and n rows <=> a permutation. O(share) work and memory per rank.
     """
     from .selection_dist import Comm, check_permutation, nonfinite_error
 

@@ -4,7 +4,7 @@ integer encodings, chunked passes, and exact multi-group radix selection.
 Everything here is collective over the current torch.distributed process group (gloo on the CPU,
 NCCL on GPUs); with no process group it runs with world = 1 and no communication. Only small
 vectors travel: 65536-bin digit histograms per radix round, O(K) statistics, the presence bitmap of
-the index check (window by window) and, at the end, the selected indices (to rank 0).
+the index check (owner ranges, by all-to-all) and, at the end, the selected indices (to rank 0).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 DIGIT_BITS = 16
 NBINS = 1 << DIGIT_BITS
 CHUNK = 1 << 18          # elements per chunk of an elementwise pass (fits the CPU caches)
-WINDOW = 1 << 28         # corpus indices per window of the presence bitmap (32 MiB packed)
+SLICE = 1 << 24          # local indices per all-to-all round of the index check
 
 _SIGN = np.uint64(1 << 63)
 _LOW63 = np.uint64((1 << 63) - 1)
@@ -316,51 +316,59 @@ def nonfinite_error(comm: Comm, index: np.ndarray, score: np.ndarray, limit: int
             f"{' ...' if bad > len(allfirst) else ''}")
 
 
-def _window_slices(index: np.ndarray, n: int, window: int):
-    """Yield (w0, w1, local indices in [w0, w1)) for every window of 0..n-1 (collective order)."""
-    if index.size:
-        lo_w, hi_w = int(index.min()) // window, int(index.max()) // window
-    else:
-        lo_w, hi_w = 0, -1
-    span = hi_w - lo_w + 1
-    order = wid_sorted = None
-    if span > 4:
-        wid = (index // window).astype(np.int64)
-        order = np.argsort(wid, kind="stable")
-        wid_sorted = wid[order]
-        del wid
-    for w0 in range(0, n, window):
-        w1 = min(n, w0 + window)
-        w = w0 // window
-        if w < lo_w or w > hi_w:
-            sel = index[:0]
-        elif span == 1:
-            sel = index
-        elif order is None:
-            sel = index[(index >= w0) & (index < w1)]
-        else:
-            a, b = np.searchsorted(wid_sorted, [w, w + 1])
-            sel = index[order[a:b]]
-        yield w0, w1, sel
+def _owner_bounds(n: int, world: int) -> np.ndarray:
+    """Rank r owns the corpus indices [bounds[r], bounds[r + 1]) in the index check."""
+    return np.array([r * n // world for r in range(world + 1)], dtype=np.int64)
+
+
+def _exchange_by_owner(comm: Comm, index: np.ndarray, n: int, slice_size: int = SLICE):
+    """Collective: route every local corpus index to the rank owning it (all-to-all, in rounds of
+    at most ``slice_size`` local indices, so buffers stay bounded). Yields what this rank receives,
+    round by round. All ranks run the same number of rounds."""
+    import torch
+
+    dist = comm._dist
+    P = comm.world
+    bounds = _owner_bounds(n, P)
+    rounds = int(comm.allreduce(np.array([-(-index.size // slice_size)], np.int64), "max")[0])
+    for k in range(rounds):
+        sl = index[k * slice_size:(k + 1) * slice_size]
+        owner = (sl * P) // n
+        owner -= sl < bounds[owner]
+        owner += sl >= bounds[owner + 1]
+        if owner.size > 1 and (owner[1:] < owner[:-1]).any():
+            order = np.argsort(owner, kind="stable")
+            sl, owner = sl[order], owner[order]
+        send = np.bincount(owner, minlength=P).astype(np.int64)
+        recv = torch.empty(P, dtype=torch.int64, device=comm.device)
+        dist.all_to_all_single(recv, torch.from_numpy(send).to(comm.device))
+        recv = recv.cpu().numpy()
+        out = torch.empty(int(recv.sum()), dtype=torch.int64, device=comm.device)
+        dist.all_to_all_single(out, torch.from_numpy(np.ascontiguousarray(sl)).to(comm.device),
+                               output_split_sizes=recv.tolist(), input_split_sizes=send.tolist())
+        comm.rounds += 2
+        comm.bytes += 8 * (int(send.sum()) + P)
+        yield out.cpu().numpy()
 
 
 def check_permutation(comm: Comm, index: np.ndarray, n: int, total: int | None = None,
-                      limit: int = 10, error=ValueError, window: int = WINDOW,
-                      presence: bool = True) -> None:
+                      limit: int = 10, error=ValueError, presence: bool = True) -> None:
     """Collective and exact: raise ``error`` on every rank unless the indices held by all ranks
     are exactly a permutation of 0..n-1.
 
-    Row count (all-reduced) == n and every index of 0..n-1 present (presence bitmap, OR-reduced
-    window by window) <=> each index exactly once.
+    Row count (all-reduced) == n and every index of 0..n-1 present <=> each index exactly once.
+    Presence: each rank owns a contiguous range of n / world indices and receives, by all-to-all,
+    the indices that fall in it (O(share) work and memory per rank, one bool per owned index).
+    ``presence=False`` only checks the range.
     """
     index = np.asarray(index, dtype=np.int64)
     if total is None:
         total = comm.sum_int(index.size)
-    lo = int(index.min()) if index.size else 0
-    hi = int(index.max()) if index.size else 0
     bad_local = 0
-    if index.size and (lo < 0 or hi >= n):
-        bad_local = int(np.count_nonzero((index < 0) | (index >= n)))
+    if index.size:
+        lo, hi = int(index.min()), int(index.max())
+        if lo < 0 or hi >= n:
+            bad_local = int(np.count_nonzero((index < 0) | (index >= n)))
     bad = comm.sum_int(bad_local)
     if bad:
         first = []
@@ -370,20 +378,23 @@ def check_permutation(comm: Comm, index: np.ndarray, n: int, total: int | None =
         raise error(f"{bad} row(s) have a corpus index outside 0..{n - 1} (n = {n}): {allfirst}")
     if not presence:
         return
-    missing = 0
-    first_missing: list[int] = []
-    for w0, w1, sel in _window_slices(index, n, window):
-        pres = np.zeros(w1 - w0, dtype=bool)
-        pres[sel - w0] = True
-        if comm.world > 1:
-            packed = comm.allreduce(np.packbits(pres, bitorder="little"), "bor")
-            pres = np.unpackbits(packed, count=w1 - w0, bitorder="little").view(bool)
-        miss = np.flatnonzero(~pres)
-        missing += miss.size
-        if len(first_missing) < limit:
-            first_missing += (miss[:limit - len(first_missing)] + w0).tolist()
+    if comm.world == 1:
+        base = 0
+        pres = np.zeros(n, dtype=bool)
+        pres[index] = True
+    else:
+        bounds = _owner_bounds(n, comm.world)
+        base = int(bounds[comm.rank])
+        pres = np.zeros(int(bounds[comm.rank + 1]) - base, dtype=bool)
+        for got in _exchange_by_owner(comm, index, n):
+            pres[got - base] = True
+    missing_local = pres.size - int(np.count_nonzero(pres))
+    missing = comm.sum_int(missing_local)
     if missing == 0 and total == n:
         return
+    first_missing = (np.flatnonzero(~pres)[:limit] + base).tolist() if missing_local else []
+    del pres
+    first_missing = sorted(i for p in comm.allgather_object(first_missing) for i in p)[:limit]
     repeated = total - (n - missing)
     first_rep = _first_repeated(comm, index, n, limit) if repeated > 0 else []
     parts = []
@@ -396,16 +407,15 @@ def check_permutation(comm: Comm, index: np.ndarray, n: int, total: int | None =
 
 
 def _first_repeated(comm: Comm, index: np.ndarray, n: int, limit: int) -> list[int]:
-    """Error path only: the smallest repeated corpus indices (windowed all-reduced counts)."""
-    found: list[int] = []
-    window = 1 << 24
-    for w0, w1, sel in _window_slices(index, n, window):
-        cnt = np.minimum(np.bincount(sel - w0, minlength=w1 - w0), 2).astype(np.int32)
-        cnt = comm.allreduce(cnt)
-        found += (np.flatnonzero(cnt > 1)[:limit - len(found)] + w0).tolist()
-        if len(found) >= limit:
-            break
-    return found
+    """Error path only: the smallest corpus indices that occur more than once (over all ranks)."""
+    if comm.world == 1:
+        got = [index]
+    else:
+        got = list(_exchange_by_owner(comm, index, n))
+    allmine = np.concatenate(got) if got else np.zeros(0, np.int64)
+    u, cnt = np.unique(allmine, return_counts=True)
+    rep = u[cnt > 1][:limit].tolist()
+    return sorted(i for p in comm.allgather_object(rep) for i in p)[:limit]
 
 
 __all__ = [

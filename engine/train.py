@@ -92,20 +92,26 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return np.asarray(indices)[np.lexsort((indices, keys))]
 
 
-def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, rank: int, world: int):
-    """This rank's micro-batches; every rank gets the same count (the order wraps around)."""
+def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, rank: int,
+                 world: int, grad_accum: int = 1):
+    """This rank's micro-batches; every rank gets the same count (the order wraps around).
+
+    Optimiser step s covers global positions [s·W·A·b, (s+1)·W·A·b) of the epoch order on any
+    number of ranks W (A accumulation steps of b sequences): a run on 2 ranks with A = 1 takes
+    the same steps as a run on 1 rank with A = 2.
+    """
     order = epoch_order(indices, seed, epoch)
-    per_step = micro_batch * world
+    per_step = micro_batch * world * grad_accum
     steps = max(1, math.ceil(len(order) / per_step))
     need = steps * per_step
     if need > len(order):  # like DistributedSampler: pad by repeating from the start
         order = np.concatenate([order, np.resize(order, need - len(order))])
     mine = order[rank::world]
-    return [mine[s * micro_batch:(s + 1) * micro_batch] for s in range(steps)]
+    return [mine[j * micro_batch:(j + 1) * micro_batch] for j in range(steps * grad_accum)]
 
 
-def steps_per_epoch(n: int, micro_batch: int, world: int) -> int:
-    return max(1, math.ceil(n / (micro_batch * world)))
+def steps_per_epoch(n: int, micro_batch: int, world: int, grad_accum: int = 1) -> int:
+    return max(1, math.ceil(n / (micro_batch * world * grad_accum)))
 
 
 @torch.no_grad()
@@ -138,7 +144,8 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
     from tqdm import tqdm
 
     rank, world = distributed.rank(), distributed.world_size()
-    total = steps_per_epoch(len(indices), settings.micro_batch_size, world) * settings.epochs
+    total = steps_per_epoch(len(indices), settings.micro_batch_size, world,
+                            settings.grad_accum) * settings.epochs
     engine = make_engine(bundle, settings, total)
     start_epoch = 0
     if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
@@ -155,7 +162,8 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
     seen = 0
     engine.train()
     for epoch in range(start_epoch, settings.epochs):
-        batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world)
+        batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world,
+                               settings.grad_accum)
         bar = tqdm(batches, desc=f"{progress_desc} epoch {epoch + 1}/{settings.epochs}",
                    disable=rank != 0, unit="batch", dynamic_ncols=True)
         run_loss, n_loss = 0.0, 0
@@ -167,7 +175,7 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
             loss = per_sample_loss(engine(b.tokens), b.labels).mean()
             engine.backward(loss)
             engine.step()
-            run_loss += loss.item()
+            run_loss += loss.item()  # (a mean over micro-batches; a step is grad_accum of them)
             n_loss += 1
             seen += len(idx) * world
             if rank == 0:

@@ -36,7 +36,7 @@ from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_arg
 # settings that change results: a rerun into the same --out must agree on them
 RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
                "subset_size", "subset_fraction", "finetune_epochs", "finetune_lr",
-               "finetune_warmup", "params", "damping", "seed", "chunk_size", "precision")
+               "finetune_warmup", "finetune_global_batch", "params", "damping", "seed", "chunk_size", "precision")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "'w/o ft' ablation (score the given weights as they are)")
     g.add_argument("--finetune-lr", type=float, default=1e-5, help="adaptation AdamW learning rate")
     g.add_argument("--finetune-warmup", type=int, default=50, help="adaptation linear warm-up steps")
+    g.add_argument("--finetune-global-batch", type=int, default=None,
+                   help="sequences per adaptation step over all ranks (a multiple of "
+                        "micro-batch x ranks; the rest is gradient accumulation). Fixing it makes "
+                        "the adapted model, so the scores, the same on any number of ranks. "
+                        "Default: micro-batch x ranks")
     g.add_argument("--params", default=None, metavar="REGEX",
                    help="cover only parameters whose name matches this regex (default: every "
                         "trainable parameter; tied parameters count once)")
@@ -129,6 +134,7 @@ def run(args, rank: int, world: int) -> int:
 
     # ---- corpus ----------------------------------------------------------------------------
     t = time.time()
+    torch.manual_seed(args.seed)  # a fresh model is initialised the same on every rank and run
     bundle = build_model(args.model, args.model_size, args.checkpoint)
     cache = resolve(args.corpus_cache) or out / "corpus"
     try:
@@ -164,11 +170,17 @@ def run(args, rank: int, world: int) -> int:
         if args.finetune_epochs > 0:
             from bioprune.engine.train import TrainSettings, export_weights, train
 
+            per_step = args.micro_batch_size * world
+            glob = args.finetune_global_batch or per_step
+            if glob % per_step:
+                fail(f"--finetune-global-batch {glob} is not a multiple of micro-batch x ranks "
+                     f"= {per_step}")
             settings = TrainSettings(
                 lr=args.finetune_lr, weight_decay=0.01, warmup_steps=args.finetune_warmup,
                 schedule="constant", epochs=args.finetune_epochs,
                 micro_batch_size=args.micro_batch_size, seed=args.seed, max_residues=max_res,
-                zero_stage=args.zero_stage, ds_config=args.deepspeed_config)
+                zero_stage=args.zero_stage, ds_config=args.deepspeed_config,
+                grad_accum=glob // per_step)
             result = train(bundle, corpus, subset, settings, checkpoint_dir=out / "adapt_checkpoints",
                            progress_desc="adapt")
             export_weights(result["engine"], bundle, adapted_dir)

@@ -1,0 +1,81 @@
+"""Running the real entry points from tests: plain python for one rank, the deepspeed launcher
+for several, on a small corpus cut from the real sample data."""
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = ROOT / "launch"
+
+
+def data_dir() -> Path:
+    from bioprune.engine.corpus import data_dir as dd
+
+    return dd()
+
+
+def small_corpus(tmp: Path, n_fasta: int = 40, n_csv: int = 40) -> list[str]:
+    """Two real inputs of two formats: tRNAs (FASTA) and bpRNA rows (CSV with IUPAC codes)."""
+    src = data_dir() / "rna"
+    fasta = tmp / "trna.fasta"
+    records, out = 0, []
+    for line in (src / "rfam_RF00005.fasta").read_text().splitlines():
+        if line.startswith(">"):
+            records += 1
+            if records > n_fasta:
+                break
+        out.append(line)
+    fasta.write_text("\n".join(out) + "\n")
+    table = tmp / "bprna.csv"
+    with open(src / "bprna_nf15.csv") as f:
+        rows = list(csv.reader(f))
+    header, rows = rows[0], rows[1:]
+    ambiguous = [r for r in rows if set(r[1]) - set("ACGU")][:5]   # rows with IUPAC codes
+    keep = rows[:n_csv - len(ambiguous)] + ambiguous
+    with open(table, "w", newline="") as g:
+        csv.writer(g).writerows([header, *keep])
+    return [str(fasta), str(table)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(script: str, args: list[str], ranks: int = 1) -> list[str]:
+    if ranks == 1:
+        return [sys.executable, str(LAUNCH / script), *args]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+            str(LAUNCH / script), *args]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}:{e.get('PATH', '')}"
+    e.setdefault("PYTHONUNBUFFERED", "1")
+    return e
+
+
+def run(script: str, args: list[str], ranks: int = 1, check: bool = True, timeout: int = 600):
+    p = subprocess.run(command(script, args, ranks), env=env(), capture_output=True, text=True,
+                       timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return p
+
+
+def read_scores(scores_dir: Path) -> dict:
+    from bioprune.engine.scores_io import read_scores as rs
+
+    cols = rs(scores_dir, columns=("index", "score", "length", "loss"))
+    order = np.argsort(cols["index"])
+    return {k: np.asarray(v)[order] for k, v in cols.items()}

@@ -1,0 +1,120 @@
+"""launch/score.py end to end: the run directory, 2 ranks = 1 rank, and resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from pipeline_utils import command, data_dir, env, read_scores, run, small_corpus
+
+pytestmark = pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data")
+
+SCORE_ARGS = ["--model", "rnafm", "--model-size", "tiny", "--max-length", "96",
+              "--subset-size", "32", "--finetune-epochs", "1", "--finetune-warmup", "2",
+              "--finetune-global-batch", "16", "--micro-batch-size", "8", "--chunk-size", "8",
+              "--seed", "11"]
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory):
+    return small_corpus(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def one_rank(corpus_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run1") / "run"
+    run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)])
+    return out
+
+
+def test_run_directory_is_complete(one_rank, corpus_files):
+    out = one_rank
+    for name in ("manifest.json", "subset.npy", "fisher.safetensors", "adapted/model.safetensors",
+                 "adapted/config.json", "scores/_SUCCESS"):
+        assert (out / name).exists(), name
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "finished" and m["world_size"] == 1
+    n = m["counts"]["sequences"]
+    assert n == 80
+    assert m["counts"]["subset"] == 32 and m["damping"] == 1e-8
+    assert m["parameters"]["covered"] == m["parameters"]["total"] > 0
+    assert m["corpus"]["stats"]["ambiguity_codes"]  # bpRNA rows carry IUPAC codes
+    subset = np.load(out / "subset.npy")
+    assert subset.dtype == np.int64 and len(np.unique(subset)) == 32
+    s = read_scores(out / "scores")
+    np.testing.assert_array_equal(s["index"], np.arange(n))   # each index exactly once
+    assert s["score"].dtype == np.float64 and s["length"].dtype == np.int32
+    assert s["loss"].dtype == np.float32
+    assert np.isfinite(s["score"]).all() and (s["score"] > 0).all()
+    assert int((out / "scores" / "_SUCCESS").read_text().split()[0]) == n
+    fisher = load_file(str(out / "fisher.safetensors"))
+    assert set(fisher) == set(m["parameters"]["names"])
+    assert m["counts"]["fisher_nonzero"] == sum(int((f != 0).sum()) for f in fisher.values())
+
+
+def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tmp_path):
+    out2 = tmp_path / "run2"
+    run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out2)], ranks=2)
+    m = json.loads((out2 / "manifest.json").read_text())
+    assert m["world_size"] == 2
+    s1, s2 = read_scores(one_rank / "scores"), read_scores(out2 / "scores")
+    np.testing.assert_array_equal(s1["index"], s2["index"])
+    np.testing.assert_array_equal(s1["length"], s2["length"])
+    np.testing.assert_allclose(s2["score"], s1["score"], rtol=1e-5)
+    np.testing.assert_allclose(s2["loss"], s1["loss"], rtol=1e-5)
+    for strategy in ("topk", "cci"):
+        sel = []
+        for src, ranks in ((one_rank, 1), (out2, 2)):
+            dst = tmp_path / f"sel-{strategy}-{ranks}"
+            run("select.py", ["--scores", str(src / "scores"), "--strategy", strategy,
+                              "--budget", "20", "--strata", "5", "--out", str(dst)], ranks=ranks)
+            sel.append(np.load(dst / "coreset.npy"))
+        np.testing.assert_array_equal(sel[0], sel[1])
+
+
+def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)]),
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    scores = out / "scores"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if scores.exists() and len(list(scores.glob("part-*.parquet"))) >= 3:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed midway"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    parts = sorted(scores.glob("part-*.parquet"))
+    assert 3 <= len(parts) < 10 and not (scores / "_SUCCESS").exists()
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts}
+
+    run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)])
+    for name, stamp in stamps.items():
+        p = scores / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{name} was recomputed"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["resumed_chunks"] == len(stamps) and m["runs"] == 2
+    assert m["counts"]["scored_this_run"] == 80 - sum(
+        len(read_scores_part(scores / n)) for n in stamps)
+    a, b = read_scores(one_rank / "scores"), read_scores(scores)
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
+
+
+def read_scores_part(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["index"]).column("index").to_numpy()
+
+
+def test_rerun_with_other_settings_is_refused(one_rank, corpus_files):
+    args = [a if a != "11" else "12" for a in SCORE_ARGS]  # another --seed
+    p = run("score.py", ["--data", *corpus_files, *args, "--out", str(one_rank)], check=False)
+    assert p.returncode == 2 and "seed" in p.stderr and "use a new --out" in p.stderr
