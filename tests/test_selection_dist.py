@@ -228,16 +228,20 @@ def test_errors_raised_on_every_rank(launched):
 def test_cli_under_deepspeed(launched, tmp_path):
     work, results = launched
     out = tmp_path / "cli"
-    p = _deepspeed(3, "launch/select.py", ["--scores", str(work / "ties" / "scores"),
+    fasta = tmp_path / "corpus.fasta"
+    fasta.write_text("".join(f">s{i}\n{'ACGU'[i % 4] * (2 + i % 3)}\n" for i in range(6000)))
+    p = _deepspeed(2, "launch/select.py", ["--scores", str(work / "ties" / "scores"),
                                             "--strategy", "cci", "--budget", "600",
-                                            "--out", str(out)])
+                                            "--out", str(out), "--data", str(fasta)])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     core = np.load(out / "coreset.npy")
     want = results[1][0]["ties-cci-600-0.05-50-0"]
     assert core.tobytes() == want.tobytes()
     rep = json.loads((out / "selection.json").read_text())
-    assert rep["world_size"] == 3 and rep["budget"] == 600
+    assert rep["world_size"] == 2 and rep["budget"] == 600
     assert (out / "score_histogram.png").stat().st_size > 1000
+    heads = [ln for ln in (out / "coreset.fasta").read_text().splitlines() if ln[:1] == ">"]
+    assert heads == [f">s{i} index={i}" for i in core]
     # bad input: every rank ends with exit code 2, the error printed once, no hang
     p = _deepspeed(2, "launch/select.py", ["--scores", str(work / "bad_nan" / "scores"),
                                             "--strategy", "topk", "--budget", "3",
