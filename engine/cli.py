@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .models import MODEL_NAMES, SIZES
 
@@ -25,9 +26,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus-cache", default=None, metavar="DIR",
                    help="where the memory-mapped corpus is built (default: OUT/corpus); reused "
                         "when the inputs are unchanged")
-    g.add_argument("--max-length", type=int, default=1022,
-                   help="longest sequence in residues; longer ones are cropped to a window "
-                        "fixed by (seed, corpus index) and counted in the manifest")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="longest sequence in residues (default: the model's, 1022 for rnafm, "
+                        "2046 for esmc); longer ones are cropped to a window fixed by "
+                        "(seed, corpus index) and counted in the manifest")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +55,42 @@ def add_deepspeed_args(p: argparse.ArgumentParser) -> None:
     deepspeed.add_config_arguments(p)
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
 def resolve(path: str | None) -> Path | None:
     return None if path is None else Path(path).expanduser().absolute()
+
+
+def run_distributed(run, args) -> int:
+    """Join the process group (if launched by deepspeed), run, and always leave it cleanly."""
+    from . import distributed
+
+    rank, world = distributed.init()
+    try:
+        return run(args, rank, world)
+    finally:
+        distributed.finalize()
+
+
+def model_and_corpus(args, out: Path):
+    """The model of --model/--model-size/--checkpoint (seeded: a fresh model initialises the
+    same on every rank and every run) and the corpus of --data; returns (bundle, corpus, cache
+    dir, residues kept per sequence)."""
+    import torch
+
+    from .corpus import CorpusError, load_corpus
+    from .models import build_model
+
+    torch.manual_seed(args.seed)
+    bundle = build_model(args.model, args.model_size, args.checkpoint)
+    cache = resolve(args.corpus_cache) or out / "corpus"
+    try:
+        corpus = load_corpus(args.data, bundle.molecule, cache, column=args.column,
+                             id_column=args.id_column)
+    except CorpusError as e:
+        fail(str(e))
+    max_res = min(args.max_length or bundle.max_residues, bundle.max_residues)
+    return bundle, corpus, cache, max_res

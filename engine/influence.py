@@ -21,10 +21,9 @@ DEFAULT_DAMPING = 1e-8
 
 
 def _backward_pass(bundle, batch: Batch, collector: SquaredGradCollector, autocast_dtype=None):
-    model = bundle.module
     tokens = batch.tokens
     with torch.autocast(tokens.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(tokens)
+        logits = bundle.module(tokens)
     loss = per_sample_loss(logits, batch.labels)
     # Σ_b ℓ_b: samples do not interact, so the output gradient seen by each layer for sample b
     # is exactly that of ℓ_b alone.
@@ -37,7 +36,7 @@ def fisher_pass(bundle, corpus, subset: np.ndarray, params, *, seed: int, max_re
                 micro_batch_size: int, device, backend=None, autocast_dtype=None,
                 progress=None) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher over ``subset`` (every rank passes its own share of D_sub)."""
-    model = bundle.module.to(device).eval()
+    bundle.module.to(device).eval()
     n_local = torch.tensor([len(subset)], dtype=torch.float64)
     with SquaredGradCollector(bundle, params, Mode.FISHER, backend=backend) as col:
         for idx in length_sorted_batches(np.asarray(subset), corpus.lengths, micro_batch_size):

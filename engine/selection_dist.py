@@ -72,6 +72,7 @@ class Comm:
             self.device = torch.device("cpu")
         self.rounds = 0          # all-reduce calls (for the benchmark's projection)
         self.bytes = 0           # bytes all-reduced
+        self.a2a_bytes = 0       # bytes sent by all-to-all (the index check)
 
     # -- all-reduce
     def allreduce(self, arr: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -333,9 +334,7 @@ def _exchange_by_owner(comm: Comm, index: np.ndarray, n: int, slice_size: int = 
     rounds = int(comm.allreduce(np.array([-(-index.size // slice_size)], np.int64), "max")[0])
     for k in range(rounds):
         sl = index[k * slice_size:(k + 1) * slice_size]
-        owner = (sl * P) // n
-        owner -= sl < bounds[owner]
-        owner += sl >= bounds[owner + 1]
+        owner = np.searchsorted(bounds, sl, side="right") - 1   # empty ranges when n < world
         if owner.size > 1 and (owner[1:] < owner[:-1]).any():
             order = np.argsort(owner, kind="stable")
             sl, owner = sl[order], owner[order]
@@ -347,7 +346,7 @@ def _exchange_by_owner(comm: Comm, index: np.ndarray, n: int, slice_size: int = 
         dist.all_to_all_single(out, torch.from_numpy(np.ascontiguousarray(sl)).to(comm.device),
                                output_split_sizes=recv.tolist(), input_split_sizes=send.tolist())
         comm.rounds += 2
-        comm.bytes += 8 * (int(send.sum()) + P)
+        comm.a2a_bytes += 8 * (int(send.sum()) + P)
         yield out.cpu().numpy()
 
 

@@ -46,8 +46,6 @@ def peak_rss_mb() -> float:
 def _rnafm_functional_forward(net, tokens):
     """fm.BioBertModel.forward without its data-dependent ``if not padding_mask.any()``, which
     vmap cannot trace (the bench batch has no padding, so the two agree; checked before timing)."""
-    import torch.nn.functional as F  # noqa: F401
-
     padding_mask = tokens.eq(net.padding_idx)
     x = net.embed_scale * net.embed_tokens(tokens) + net.embed_positions(tokens)
     if net.emb_layer_norm_before:

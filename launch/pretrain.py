@@ -28,7 +28,7 @@ import numpy as np
 from bioprune.engine import distributed, hashing
 from bioprune.engine.atomic import save_npy
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 fail, resolve)
+                                 fail, model_and_corpus, resolve, run_distributed)
 
 
 def parse_args(argv=None):
@@ -66,20 +66,11 @@ def heldout_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    rank, world = distributed.init()
-    try:
-        return run(args, rank, world)
-    finally:
-        distributed.finalize()
+    return run_distributed(run, parse_args(argv))
 
 
 def run(args, rank: int, world: int) -> int:
-    import torch
-
-    from bioprune.engine.corpus import CorpusError, load_corpus
     from bioprune.engine.manifest import Manifest
-    from bioprune.engine.models import build_model
     from bioprune.engine.train import TrainSettings, export_weights, train
 
     t0 = time.time()
@@ -87,14 +78,7 @@ def run(args, rank: int, world: int) -> int:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-    torch.manual_seed(args.seed)  # the same fresh initialisation on every rank
-    bundle = build_model(args.model, args.model_size, args.checkpoint)
-    cache = resolve(args.corpus_cache) or out / "corpus"
-    try:
-        corpus = load_corpus(args.data, bundle.molecule, cache, column=args.column,
-                             id_column=args.id_column)
-    except CorpusError as e:
-        fail(str(e))
+    bundle, corpus, cache, max_res = model_and_corpus(args, out)
     n = len(corpus)
     if args.all:
         train_idx = np.arange(n, dtype=np.int64)
@@ -117,7 +101,6 @@ def run(args, rank: int, world: int) -> int:
     train_idx = np.sort(train_idx[~overlap]).astype(np.int64)
     if len(train_idx) == 0:
         fail("nothing left to train on after removing the held-out sample; lower --heldout-size")
-    max_res = min(args.max_length, bundle.max_residues)
     settings = TrainSettings(
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup,
         schedule="inverse_sqrt", epochs=args.epochs, micro_batch_size=args.micro_batch_size,

@@ -31,7 +31,7 @@ import torch
 from bioprune.engine import distributed
 from bioprune.engine.atomic import save_npy, write_json
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 fail, resolve)
+                                 fail, model_and_corpus, resolve, run_distributed)
 
 # settings that change results: a rerun into the same --out must agree on them
 RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the run directory")
     add_deepspeed_args(p)
     args = p.parse_args(argv)
-    if args.max_length < 1:
+    if args.max_length is not None and args.max_length < 1:
         p.error("--max-length must be >= 1")
     if args.micro_batch_size < 1 or args.chunk_size < 1:
         p.error("--micro-batch-size and --chunk-size must be >= 1")
@@ -101,12 +101,7 @@ def _jsonable(v):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    rank, world = distributed.init()
-    try:
-        return run(args, rank, world)
-    finally:
-        distributed.finalize()
+    return run_distributed(run, parse_args(argv))
 
 
 def run(args, rank: int, world: int) -> int:
@@ -114,10 +109,9 @@ def run(args, rank: int, world: int) -> int:
 
     from bioprune.engine import scores_io
     from bioprune.engine.batching import length_sorted_batches
-    from bioprune.engine.corpus import CorpusError, load_corpus
     from bioprune.engine.influence import Scorer, fisher_pass, influence_weights
     from bioprune.engine.manifest import Manifest
-    from bioprune.engine.models import build_model, load_saved_model, save_model, trainable_parameters
+    from bioprune.engine.models import load_saved_model, save_model, trainable_parameters
     from bioprune.engine.subset import draw_subset, subset_size
 
     t_start = time.time()
@@ -134,16 +128,8 @@ def run(args, rank: int, world: int) -> int:
 
     # ---- corpus ----------------------------------------------------------------------------
     t = time.time()
-    torch.manual_seed(args.seed)  # a fresh model is initialised the same on every rank and run
-    bundle = build_model(args.model, args.model_size, args.checkpoint)
-    cache = resolve(args.corpus_cache) or out / "corpus"
-    try:
-        corpus = load_corpus(args.data, bundle.molecule, cache, column=args.column,
-                             id_column=args.id_column)
-    except CorpusError as e:
-        fail(str(e))
+    bundle, corpus, cache, max_res = model_and_corpus(args, out)
     n = len(corpus)
-    max_res = min(args.max_length, bundle.max_residues)
     if manifest:
         manifest.set("corpus", {"paths": args.data, "molecule": bundle.molecule,
                                 "column": args.column, "id_column": args.id_column,

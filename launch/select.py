@@ -120,9 +120,17 @@ def main(argv=None) -> int:
 
     distributed.init()
     try:
-        return run(args)
-    finally:
-        distributed.finalize()
+        code = run(args)
+    except BaseException:  # noqa: BLE001 - an unexpected failure on one rank
+        # Exit at once without the group's closing barrier (the other ranks may be waiting in
+        # another collective); the launcher then stops them.
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    distributed.finalize()
+    return code
 
 
 def run(args) -> int:

@@ -232,6 +232,14 @@ def test_torch_max_bytes_chunking_matches_one_chunk():
         torch.testing.assert_close(s, one[2], rtol=1e-6, atol=0)
 
 
+def test_torch_negative_weights():
+    x, d = make_inputs(3, 11, 11, 9, torch.float32)
+    w = torch.randn(9, 11)
+    G, _ = exact(x, d)
+    s = weighted_sq_norm(x, d, w, backend="torch", max_bytes=4 * 11 * 4)
+    torch.testing.assert_close(s.double(), (w.double() * G * G).sum((1, 2)), rtol=1e-5, atol=1e-5)
+
+
 def test_torch_block_buffer_respects_max_bytes():
     B, T, I, O = 6, 10, 16, 20
     x, d = make_inputs(B, T, I, O, torch.float32)

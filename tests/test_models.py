@@ -1,7 +1,6 @@
 """Model building: sizes, vocabularies, local checkpoints (plain and RNA-FM's released format)."""
 import argparse
 
-import numpy as np
 import pytest
 import torch
 

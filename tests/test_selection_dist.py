@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -148,13 +149,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _deepspeed(world: int, script: str, args: list[str], timeout=300):
+def _deepspeed(world: int, script: str, args: list[str], timeout=240):
     exe = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
     if exe is None:
         pytest.skip("deepspeed launcher not found")
     cmd = [exe, "--num_gpus", str(world), "--master_port", str(_free_port()), script] + args
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # the launcher and the ranks it started
+        out, err = proc.communicate()
+        pytest.fail(f"deepspeed run timed out after {timeout} s (hang?):\n{out[-2000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -255,4 +264,12 @@ def test_cli_under_deepspeed(launched, tmp_path):
 
 
 if __name__ == "__main__":
-    sys.exit(worker())
+    try:
+        code = worker()
+    except BaseException:  # noqa: BLE001 - do not wait in the closing barrier: exit, the
+        import traceback    # launcher stops the other ranks
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.exit(code)
