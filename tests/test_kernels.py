@@ -126,6 +126,29 @@ def test_matches_float64_per_sample_gradients(backend, case, dtype, bias):
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("B, T, I, O", [(1, 2048, 40, 48), (2, 3, 6144, 40), (1, 2, 70, 6144)],
+                         ids=["T2048", "I6144", "O6144"])
+def test_real_model_dimensions(backend, B, T, I, O, monkeypatch):
+    # the long dimensions of real layers (T up to 2048, I and O up to 6144), kept cheap
+    dev = _device(backend)
+    if backend == "triton" and dev == "cpu":
+        # the interpreter pays per program: use big tiles (still not dividing every dim)
+        from bioprune.kernels import triton_sq
+        monkeypatch.setattr(triton_sq, "INTERPRET_CONFIG",
+                            dict(BLOCK_O=256, BLOCK_I=512, BLOCK_T=128))
+    x, d = make_inputs(B, T, I, O, torch.bfloat16, padded=True, device=dev)
+    G, gb = exact(x.cpu(), d.cpu())
+    f, bf = torch.zeros(O, I, device=dev), torch.zeros(O, device=dev)
+    fisher_accumulate(x, d, f, bf, backend=backend)
+    assert_close_normwise(f, (G * G).sum(0), FP32_TOL)
+    assert_close_normwise(bf, (gb * gb).sum(0), FP32_TOL)
+    w = torch.rand(O, I, device=dev) + 0.1
+    s = weighted_sq_norm(x, d, w, backend=backend)
+    torch.testing.assert_close(s.double().cpu(), (w.double().cpu() * G * G).sum((1, 2)),
+                               rtol=FP32_TOL, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_padding_rows_contribute_nothing(backend):
     dev = _device(backend)
     B, T, I, O = 2, 21, 19, 13
