@@ -5,19 +5,25 @@
 own share of (corpus index, score) rows; the result is the same coreset whatever the number of
 ranks or the sharding, following DESIGN.md's exact rules (see :mod:`.selection_rules`).
 
-How (no rank ever holds more than its share, O(K x 65536) histograms and the selected rows):
-- scores map to uint64 keys whose ascending order is the descending score order
-  (:func:`.selection_dist.encode_desc`); with the corpus index this is the total order of the
-  ranking. Random / within-stratum order is (hash(seed, index), index).
-- Thresholds are found by radix selection on 16-bit digits: one all-reduced 65536-bin histogram
-  per digit round (per open group, i.e. per stratum for CCI). The first round is a full pass over
-  the local share; the elements whose digit equals the threshold digit become the (few)
-  candidates of the later rounds.
-- CCI: radix-select the hard cut-off, all-reduce hi/lo, one pass assigns strata and the first
-  digit of each sample's key (stored as a uint32 code), one all-reduced (K x 65536) histogram
-  gives stratum sizes (hence Algorithm 1's budgets) and the first digit round of all strata at
-  once; later rounds run on candidates only.
+How (no rank ever holds more than its share, 2 bytes per local sample of digit codes,
+O(K x 65536) histograms and the selected rows):
+- Scores map to uint64 keys whose ascending order is the descending score order
+  (:func:`.selection_dist.encode_desc`, -0.0 == +0.0); with the corpus index this is the total
+  order of the ranking. Random / within-stratum order is (hash(seed, index), index).
+- Thresholds are found by radix selection: one all-reduced histogram per digit round (all
+  groups at once, e.g. all strata). The first round is a full pass over the local share (16-bit
+  digit: 65536 bins); the samples whose digit equals the threshold digit become the few
+  candidates of the later rounds (remaining key digits, then index digits if keys tie).
+- Top-I: pass A (stats + digit histogram), pass X (surely taken / candidates), rounds.
+  CCI: the same for the hard cut-off c = floor(beta n); hi = the (c+1)-th value by an order
+  statistic; pass S gives every retained sample a code stratum x 256 + first 8 bits of its key
+  and one all-reduced (K x 256) histogram yields the stratum sizes, Algorithm 1's budgets and
+  the first pick round of all strata; pass P extracts the picks; rounds on candidates.
+  Random: as Top-I on the hash keys.
+- Exact nearest-rank quantiles for the report by the same rounds (values only).
 - Only the m selected corpus indices travel, to rank 0 (point-to-point), which sorts them.
+- The index check (each corpus index exactly once) routes indices to owner ranks (all-to-all)
+  and marks a presence array there: O(share) per rank.
 """
 from __future__ import annotations
 
@@ -30,8 +36,9 @@ import numpy as np
 from .hashing import SELECT, hash_keys
 from .scores_io import ScoresError
 from .selection_dist import (
-    CHUNK, KEEP, NBINS, NONFINITE_DIGITS, TAKE, Comm, agree, check_permutation, chunks, decode_desc, encode_desc,
-    lut_from_hist, nonfinite_error, radix_take, radix_values, tune_malloc,
+    KEEP, NBINS, NONFINITE_DIGITS, TAKE, Comm, agree, check_permutation, chunks, decode_desc,
+    encode_desc, key_digits, lut_from_hist, nonfinite_error, radix_take, radix_values,
+    tune_malloc,
 )
 from .selection_rules import (
     STRATEGIES, SelectionError, budget_range, check_budget, check_strata, cut_size,
@@ -41,10 +48,9 @@ from .selection_rules import (
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HIST_BINS = 100
 _TOP = np.uint64(64 - 16)
-_BLOCK = 1 << 22          # elements per block of stored-code histogramming
 
-__all__ = ["select", "SelectionResult", "SelectionError", "ScoresError", "STRATEGIES",
-           "QUANTILES", "budget_range"]
+__all__ = ["select", "select_from_scores", "SelectionResult", "SelectionError", "ScoresError",
+           "STRATEGIES", "QUANTILES", "budget_range"]
 
 
 @dataclasses.dataclass
@@ -122,9 +128,11 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     check_permutation(comm, index, n, total=total, error=ScoresError, presence=validate)
     lap("check_indices")
 
-    # ---- pass A: min / max / sum and the first digit of the ranking key (for Random also of
-    # the random keys, kept as uint16 codes for pass X)
+    # ---- pass A: min / max / sum; the first 16-bit digit of the ranking key of every sample
+    # (kept as uint16: the later passes need no re-encoding) and its histogram; for Random also
+    # the first digit of the random keys.
     rnd = strategy == "random"
+    top = np.empty(N, dtype=np.uint16)
     h = np.zeros(2 * NBINS if rnd else NBINS, dtype=np.int64)
     codes16 = np.empty(N, dtype=np.uint16) if rnd else None
     mn, mx, sm = np.inf, -np.inf, 0.0
@@ -133,7 +141,9 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
         mn = min(mn, float(s.min()))
         mx = max(mx, float(s.max()))
         sm += float(s.sum())
-        h[:NBINS] += np.bincount((encode_desc(s) >> _TOP).astype(np.intp), minlength=NBINS)
+        t = (encode_desc(s) >> _TOP).astype(np.uint16)
+        top[a:b] = t
+        h[:NBINS] += np.bincount(t, minlength=NBINS)
         if rnd:
             cd = (hash_keys(seed, index[a:b], SELECT) >> _TOP).astype(np.uint16)
             codes16[a:b] = cd
@@ -145,8 +155,8 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     if nonfinite:
         msg = nonfinite_error(comm, index, score)
         raise ScoresError(msg or f"{nonfinite} score(s) are NaN or infinite")
-    gmin = comm.min_float(mn)
-    gmax = comm.max_float(mx)
+    gmin = comm.min_float(mn) + 0.0          # + 0.0: -0.0 and 0.0 tie; report 0.0 either way
+    gmax = comm.max_float(mx) + 0.0
     ssum = float(comm.allreduce(np.array([sm], dtype=np.float64))[0])
 
     # order statistics wanted by value (position in the descending ranking, 1-based):
@@ -155,16 +165,14 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     if strategy == "cci":
         positions.append(c + 1)
     cum_d = np.cumsum(h_d)
-    v_lut = np.zeros(NBINS, dtype=bool)
     v_digit, v_need = [], []
     for p in positions:
         b = int(np.searchsorted(cum_d, p, side="left"))
         v_digit.append(b)
         v_need.append(p - (int(cum_d[b - 1]) if b else 0))
-        v_lut[b] = True
 
-    # ---- first radix round of the main selection (Top-I: k best; CCI: the c best to drop;
-    # Random: m smallest keys)
+    # ---- first radix round of the main selection (Top-I: the k best; CCI: the c best, which
+    # are dropped; Random: the m smallest keys)
     if strategy == "topk":
         lut1, left1 = lut_from_hist(h_d, [budget])
     elif strategy == "cci":
@@ -172,34 +180,40 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     else:
         lut1, left1 = lut_from_hist(h[NBINS:], [budget])
     lut1 = lut1[0]
+    # one table over the ranking digit: TAKE / KEEP of the main selection (not for Random) and
+    # bit 2 = candidate of an order statistic
+    lut_x = np.zeros(NBINS, dtype=np.uint8)
+    if not rnd:
+        lut_x |= lut1
+    lut_x[v_digit] |= 4
 
-    # ---- pass X: plot histogram, first-round TAKE / KEEP positions, order-statistic candidates
+    # ---- pass X: plot histogram; surely taken / candidate / order-statistic positions
     span = gmax - gmin
     hist_counts = np.zeros(hist_bins, dtype=np.int64)
-    take_parts, keep_parts, vkeys = [], [], []
+    take_parts, keep_parts, v_parts = [], [], []
     for a, b in chunks(N):
-        s = score[a:b]
-        d = encode_desc(s)
-        top = (d >> _TOP).astype(np.intp)
-        hist_counts += np.bincount(_bins(s, gmin, span, hist_bins), minlength=hist_bins)
-        st = lut1[codes16[a:b]] if rnd else lut1[top]
-        tk = np.flatnonzero(st == TAKE)
-        kp = np.flatnonzero(st == KEEP)
-        if tk.size:
-            take_parts.append(tk + a)
-        if kp.size:
-            keep_parts.append(kp + a)
-        vm = v_lut[top]
-        if vm.any():
-            vkeys.append(d[vm])
+        hist_counts += np.bincount(_bins(score[a:b], gmin, span, hist_bins), minlength=hist_bins)
+        st = lut_x[top[a:b]]
+        if rnd:
+            st |= lut1[codes16[a:b]]
+        nz = np.flatnonzero(st)
+        if nz.size:
+            sv = st[nz]
+            nz += a
+            take_parts.append(nz[(sv & 3) == TAKE])
+            keep_parts.append(nz[(sv & 3) == KEEP])
+            v_parts.append(nz[(sv & 4) != 0])
     del codes16
-    take_pos = _cat(take_parts)
-    keep_pos = _cat(keep_parts)
-    del take_parts, keep_parts
+    take_pos, keep_pos, v_pos = _cat(take_parts), _cat(keep_parts), _cat(v_parts)
+    del take_parts, keep_parts, v_parts
     hist_counts = comm.allreduce(hist_counts)
     lap("pass_first_round")
-    vals = decode_desc(radix_values(comm, _cat(vkeys, np.uint64), v_digit, v_need))
-    del vkeys
+    v_top = top[v_pos]
+    by_digit = {d: encode_desc(score[v_pos[v_top == d]]) for d in sorted(set(v_digit))}
+    del v_pos, v_top
+    vals = decode_desc(radix_values(comm, [by_digit[d] for d in v_digit],
+                                    [d << 48 for d in v_digit], v_need, key_digits(16)))
+    del by_digit
     qvals = vals[:len(quantiles)]
     lap("order_statistics")
 
@@ -208,7 +222,7 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
         ckey = hash_keys(seed, index[keep_pos], SELECT)
     else:
         ckey = encode_desc(score[keep_pos])
-    m = radix_take(comm, ckey, index[keep_pos], np.zeros(keep_pos.size, np.int64), left1, n)
+    m = radix_take(comm, ckey, index[keep_pos], np.zeros(keep_pos.size, np.int64), left1, n, 48)
     lap("radix_rounds")
     report: dict[str, Any] = {}
 
@@ -216,9 +230,11 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
         sel_pos = np.concatenate([take_pos, keep_pos[m]])
     else:
         hi = float(vals[-1])
-        sel_pos = _cci(comm, index, score, n, budget, beta, K, seed, lut1, keep_pos[m],
+        cut_keep = keep_pos[m]
+        del take_pos, keep_pos
+        sel_pos = _cci(comm, index, score, top, n, budget, beta, K, seed, lut1, cut_keep,
                        gmin, hi, report, lap)
-    del take_pos, keep_pos
+    del top
 
     # ---- outputs: picked histogram, summaries, gather to rank 0
     picked = score[sel_pos]
@@ -226,8 +242,8 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
                                              minlength=hist_bins).astype(np.int64))
     n_sel = int(picked_hist.sum())
     psum = float(comm.allreduce(np.array([picked.sum()], np.float64))[0])
-    pmin = comm.min_float(float(picked.min()) if picked.size else np.inf)
-    pmax = comm.max_float(float(picked.max()) if picked.size else -np.inf)
+    pmin = comm.min_float(float(picked.min()) if picked.size else np.inf) + 0.0
+    pmax = comm.max_float(float(picked.max()) if picked.size else -np.inf) + 0.0
     if n_sel != budget:
         raise RuntimeError(f"internal error: selected {n_sel} != budget {budget}")
     local_indices = index[sel_pos]
@@ -264,63 +280,85 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     return SelectionResult(indices=indices, local_indices=local_indices, report=out)
 
 
-def _cci(comm, index, score, n, budget, beta, K, seed, lut1, cut_keep, lo, hi, report, lap):
-    """CCI after the cut-off's first radix round (``lut1``: TAKE digits are cut; ``cut_keep``:
-    positions of the cut samples among the candidates). Returns the local selected positions."""
+_SBITS = 8          # first digit of the within-stratum keys: K x 256 bins stay in the CPU caches
+
+
+def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
+                       fraction: float | None = None, comm: Comm | None = None,
+                       **kwargs) -> SelectionResult:
+    """Collective: read this rank's share of a finished scores directory and :func:`select`.
+    Give ``budget`` or ``fraction`` (budget = floor(fraction * n))."""
+    from .scores_io import read_share
+    from .selection_rules import budget_from_fraction
+
+    comm = comm or Comm()
+    if (budget is None) == (fraction is None):
+        raise SelectionError("give exactly one of budget and fraction")
+    data, n = read_share(scores_dir, comm)
+    if budget is None:
+        budget = budget_from_fraction(fraction, n)
+    return select(data["index"], data["score"], strategy, budget, n=n, comm=comm, **kwargs)
+
+
+def _cci(comm, index, score, top, n, budget, beta, K, seed, lut1, cut_keep, lo, hi, report, lap):
+    """CCI after the cut-off's first radix round (``lut1`` over the ranking digits ``top``: TAKE
+    = surely cut; ``cut_keep``: the cut samples among the candidates). Returns the local selected
+    positions."""
     N = index.size
     c = cut_size(n, beta)
     cut_keep = np.sort(cut_keep)
-    # pass S: strata and first key digit, as uint32 codes; cut samples get stratum K
-    codes = np.empty(N, dtype=np.uint32)
-    sentinel = K * NBINS
-    hist = np.zeros((K + 1) * NBINS, dtype=np.int64)
+    nb = 1 << _SBITS
+    sentinel = K * nb
+    ctype = np.uint16 if sentinel < (1 << 16) else np.uint32
+    # pass S: stratum and first key digit as one code per sample; cut samples get code K * 256
+    codes = np.empty(N, dtype=ctype)
+    hist = np.zeros((K + 1) * nb, dtype=np.int64)
     span = hi - lo
-    for a0, b0 in chunks(N, _BLOCK):
-        for a, b in chunks(b0 - a0, CHUNK):
-            a += a0
-            b += a0
-            s = score[a:b]
-            if span > 0:
-                t = s - lo
-                t /= span
-                t *= K
-                np.floor(t, out=t)
-                np.clip(t, 0, K - 1, out=t)
-                st = t.astype(np.uint32)
-            else:
-                st = np.zeros(b - a, dtype=np.uint32)
-            code = (st << np.uint32(16)) | (hash_keys(seed, index[a:b], SELECT) >> _TOP).astype(np.uint32)
-            if c:
-                cut = lut1[(encode_desc(s) >> _TOP).astype(np.intp)] == TAKE
-                i0, i1 = np.searchsorted(cut_keep, [a, b])
-                cut[cut_keep[i0:i1] - a] = True
-                code[cut] = sentinel
-            codes[a:b] = code
-        hist += np.bincount(codes[a0:b0], minlength=(K + 1) * NBINS)
+    shift = np.uint64(64 - _SBITS)
+    for a, b in chunks(N):
+        s = score[a:b]
+        if span > 0:
+            t = s - lo
+            t /= span
+            t *= K
+            np.floor(t, out=t)
+            np.clip(t, 0, K - 1, out=t)
+            code = t.astype(ctype)
+            code *= ctype(nb)
+        else:
+            code = np.zeros(b - a, dtype=ctype)
+        code |= (hash_keys(seed, index[a:b], SELECT) >> shift).astype(ctype)
+        if c:
+            cut = lut1[top[a:b]] == TAKE
+            i0, i1 = np.searchsorted(cut_keep, [a, b])
+            cut[cut_keep[i0:i1] - a] = True
+            code[cut] = sentinel
+        codes[a:b] = code
+        hist += np.bincount(code, minlength=(K + 1) * nb)
     lap("pass_strata")
-    hist = comm.allreduce(hist[:sentinel]).reshape(K, NBINS)
+    hist = comm.allreduce(hist[:sentinel]).reshape(K, nb)
     sizes = hist.sum(axis=1)
     budgets = strata_budgets(sizes, budget)
-    lut2, left2 = lut_from_hist(hist, budgets)
-    lut2 = np.concatenate([lut2.ravel(), np.zeros(NBINS, np.uint8)])
+    lut2, left2 = lut_from_hist(hist, budgets, nb)
+    lut2 = np.concatenate([lut2.ravel(), np.zeros(nb, np.uint8)])
     # pass P: surely picked / candidates per stratum
     take_parts, keep_parts = [], []
     for a, b in chunks(N):
         st = lut2[codes[a:b]]
-        tk = np.flatnonzero(st == TAKE)
-        kp = np.flatnonzero(st == KEEP)
-        if tk.size:
-            take_parts.append(tk + a)
-        if kp.size:
-            keep_parts.append(kp + a)
+        nz = np.flatnonzero(st)
+        if nz.size:
+            sv = st[nz]
+            nz += a
+            take_parts.append(nz[sv == TAKE])
+            keep_parts.append(nz[sv == KEEP])
     take_pos = _cat(take_parts)
     keep_pos = _cat(keep_parts)
     lap("pass_picks")
-    grp = (codes[keep_pos] >> np.uint32(16)).astype(np.int64)
+    grp = (codes[keep_pos] // nb).astype(np.int64)
     ckey = hash_keys(seed, index[keep_pos], SELECT)
-    m2 = radix_take(comm, ckey, index[keep_pos], grp, left2, n)
+    m2 = radix_take(comm, ckey, index[keep_pos], grp, left2, n, 64 - _SBITS)
     sel_pos = np.concatenate([take_pos, keep_pos[m2]])
-    picks = comm.allreduce(np.bincount((codes[sel_pos] >> np.uint32(16)).astype(np.intp),
+    picks = comm.allreduce(np.bincount((codes[sel_pos] // nb).astype(np.intp),
                                        minlength=K + 1)[:K].astype(np.int64))
     del codes
     lap("radix_strata")
@@ -342,12 +380,14 @@ def _cci(comm, index, score, n, budget, beta, K, seed, lut1, cut_keep, lo, hi, r
 
 
 def _bins(s, gmin, span, B):
+    """Equal-width plot bins over [gmin, gmin + span] (only for the histogram in the report)."""
     if span <= 0 or not np.isfinite(span):
         return np.zeros(s.size, dtype=np.intp)
-    t = (s - gmin) / span * B
-    np.floor(t, out=t)
-    np.clip(t, 0, B - 1, out=t)
-    return t.astype(np.intp)
+    t = s - gmin
+    t *= B / span
+    i = t.astype(np.intp)                    # t >= 0: truncation is floor
+    np.minimum(i, B - 1, out=i)
+    return i
 
 
 def _hist_edges(gmin, gmax, B):

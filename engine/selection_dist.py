@@ -3,8 +3,12 @@ integer encodings, chunked passes, and exact multi-group radix selection.
 
 Everything here is collective over the current torch.distributed process group (gloo on the CPU,
 NCCL on GPUs); with no process group it runs with world = 1 and no communication. Only small
-vectors travel: 65536-bin digit histograms per radix round, O(K) statistics, the presence bitmap of
-the index check (owner ranges, by all-to-all) and, at the end, the selected indices (to rank 0).
+vectors are all-reduced (digit histograms per radix round, O(K) statistics); the index check sends
+each corpus index once to the rank owning its range (all-to-all, nothing when shares are already
+aligned), and at the end the selected indices go to rank 0 (point-to-point).
+
+Chunked passes run over CHUNK elements at a time; :func:`tune_malloc` keeps their temporaries on
+the heap (glibc), which makes them several times faster than fresh page-faulting mmaps.
 """
 from __future__ import annotations
 
@@ -13,11 +17,9 @@ import numpy as np
 DIGIT_BITS = 16
 NBINS = 1 << DIGIT_BITS
 CHUNK = 1 << 18          # elements per chunk of an elementwise pass (fits the CPU caches)
-SLICE = 1 << 24          # local indices per all-to-all round of the index check
+SLICE = 1 << 22          # local indices per all-to-all round of the index check
 
-_SIGN = np.uint64(1 << 63)
 _LOW63 = np.uint64((1 << 63) - 1)
-_U16 = np.uint64(0xFFFF)
 
 DROP, TAKE, KEEP = 0, 1, 2
 
@@ -72,7 +74,8 @@ class Comm:
             self.device = torch.device("cpu")
         self.rounds = 0          # all-reduce calls (for the benchmark's projection)
         self.bytes = 0           # bytes all-reduced
-        self.a2a_bytes = 0       # bytes sent by all-to-all (the index check)
+        self.a2a_calls = 0       # all-to-all calls (the index check)
+        self.a2a_bytes = 0       # bytes sent by all-to-all
 
     # -- all-reduce
     def allreduce(self, arr: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -162,32 +165,35 @@ def decode_desc(key) -> np.ndarray:
     return u.view(np.float64)
 
 
-def top_digit(key: np.ndarray) -> np.ndarray:
-    return (key >> np.uint64(64 - DIGIT_BITS)).astype(np.intp)
-
-
 def chunks(n: int, size: int = CHUNK):
     for a in range(0, n, size):
         yield a, min(n, a + size)
 
 
-def idx_shifts(n: int) -> list[int]:
-    """Digit shifts (most significant first) covering corpus indices 0..n-1."""
-    bits = max(1, int(n - 1).bit_length()) if n > 1 else 1
-    top = DIGIT_BITS * ((bits + DIGIT_BITS - 1) // DIGIT_BITS) - DIGIT_BITS
-    return list(range(top, -1, -DIGIT_BITS))
+def key_digits(first_bits: int) -> list[tuple[int, int]]:
+    """The (shift, bits) 16-bit digits of a 64-bit key below its first ``first_bits`` bits."""
+    out, shift = [], 64 - first_bits
+    while shift > 0:
+        b = min(DIGIT_BITS, shift)
+        shift -= b
+        out.append((shift, b))
+    return out
+
+
+MAX_HIST = 1 << 20       # bins per all-reduced histogram of a radix round (8 MiB of int64)
 
 
 # ----------------------------------------------------------------------------- radix selection
 
-def lut_from_hist(hist: np.ndarray, need: np.ndarray):
-    """One radix round. ``hist`` (G, 65536) global counts of each group's candidates by digit,
-    ``need`` (G,) how many of each group's candidates to take. Returns the (G, 65536) uint8 table
-    DROP/TAKE/KEEP per (group, digit) and the count still needed from the KEEP bin."""
-    hist = np.asarray(hist, dtype=np.int64).reshape(-1, NBINS)
-    need = np.asarray(need, dtype=np.int64)
+def lut_from_hist(hist: np.ndarray, need, nbins: int = NBINS):
+    """One radix round. ``hist`` (G, nbins): global counts of each group's candidates by digit;
+    ``need`` (G,): how many of each group's candidates to take. Returns the (G, nbins) uint8 table
+    DROP / TAKE / KEEP per (group, digit) and, per group, the count still needed from its KEEP bin
+    (0 when the group is settled)."""
+    hist = np.asarray(hist, dtype=np.int64).reshape(-1, nbins)
+    need = np.asarray(need, dtype=np.int64).reshape(-1)
     G = hist.shape[0]
-    lut = np.zeros((G, NBINS), dtype=np.uint8)
+    lut = np.zeros((G, nbins), dtype=np.uint8)
     left = np.zeros(G, dtype=np.int64)
     cum = np.cumsum(hist, axis=1)
     for g in range(G):
@@ -212,90 +218,82 @@ def lut_from_hist(hist: np.ndarray, need: np.ndarray):
     return lut, left
 
 
-def bincount_blocks(codes: np.ndarray, minlength: int, block: int = 1 << 22) -> np.ndarray:
-    """np.bincount over a large integer array in blocks (bounded temporaries)."""
-    out = np.zeros(minlength, dtype=np.int64)
-    for a, b in chunks(codes.size, block):
-        out += np.bincount(codes[a:b], minlength=minlength)[:minlength]
-    return out
+def radix_take(comm: Comm, key: np.ndarray, idx: np.ndarray, grp: np.ndarray, need, n: int,
+               key_bits: int) -> np.ndarray:
+    """Exact multi-group selection on candidate arrays (collective).
 
-
-def radix_take(comm: Comm, key: np.ndarray, idx: np.ndarray, grp: np.ndarray, need: np.ndarray,
-               n: int, key_shifts=(32, 16, 0)) -> np.ndarray:
-    """Exact multi-group selection on candidate arrays (all ranks, collective).
-
-    Candidates of group g (``grp`` == g) already agree on the key bits above ``key_shifts[0] + 16``.
-    Takes, in every group, the ``need[g]`` smallest (key, index) pairs among that group's
-    candidates over all ranks; returns the local boolean mask of taken candidates. One
-    all-reduce of a (groups still open) x 65536 histogram per digit round: the remaining key
-    digits, then the index digits (only if a tie on the full key remains).
+    The candidates of group g (``grp == g``) already agree on the key bits above the low
+    ``key_bits`` bits. In every group, takes the ``need[g]`` smallest (key, corpus index) pairs
+    among that group's candidates over all ranks; returns the local boolean mask of the taken
+    candidates. One all-reduce per round of a (groups still open) x 2^w histogram, w <= 16 chosen
+    so that it has at most MAX_HIST bins: the remaining key bits, then, only if full keys tie,
+    the bits of the corpus index.
     """
     key = np.asarray(key, dtype=np.uint64)
     idx = np.asarray(idx, dtype=np.int64)
     grp = np.asarray(grp, dtype=np.int64)
-    need = np.array(need, dtype=np.int64)
+    need = np.array(need, dtype=np.int64).reshape(-1)
     G = need.size
     take = np.zeros(key.size, dtype=bool)
     pos = np.arange(key.size)
-    rounds = [("key", s) for s in key_shifts] + [("idx", s) for s in idx_shifts(n)]
-    for which, shift in rounds:
-        if not (need > 0).any():
-            break
-        active = np.flatnonzero(need > 0)
-        slot_of = np.full(G, -1, dtype=np.int64)
-        slot_of[active] = np.arange(active.size)
-        slot = slot_of[grp[pos]]
-        keep = slot >= 0
-        pos, slot = pos[keep], slot[keep]
-        src = key[pos] if which == "key" else idx[pos].view(np.uint64)
-        dig = ((src >> np.uint64(shift)) & _U16).astype(np.int64)
-        flat = slot * NBINS + dig
-        hist = comm.allreduce(np.bincount(flat, minlength=active.size * NBINS).astype(np.int64))
-        lut, left = lut_from_hist(hist.reshape(active.size, NBINS), need[active])
-        st = lut.ravel()[flat]
-        take[pos[st == TAKE]] = True
-        pos = pos[st == KEEP]
-        need[:] = 0
-        need[active] = left
+    left_bits = {"key": int(key_bits), "idx": max(1, int(n - 1).bit_length())}
+    for which in ("key", "idx"):
+        while left_bits[which] > 0 and (need > 0).any():
+            active = np.flatnonzero(need > 0)
+            cap = max(1, MAX_HIST.bit_length() - 1 - int(active.size - 1).bit_length())
+            bits = min(DIGIT_BITS, left_bits[which], cap)
+            left_bits[which] -= bits
+            shift, nb = left_bits[which], 1 << bits
+            slot_of = np.full(G, -1, dtype=np.int64)
+            slot_of[active] = np.arange(active.size)
+            slot = slot_of[grp[pos]]
+            keep = slot >= 0
+            pos, slot = pos[keep], slot[keep]
+            src = key[pos] if which == "key" else idx[pos].view(np.uint64)
+            dig = ((src >> np.uint64(shift)) & np.uint64(nb - 1)).astype(np.int64)
+            flat = slot * nb + dig
+            hist = comm.allreduce(np.bincount(flat, minlength=active.size * nb).astype(np.int64))
+            lut, left = lut_from_hist(hist.reshape(active.size, nb), need[active], nb)
+            st = lut.ravel()[flat]
+            take[pos[st == TAKE]] = True
+            pos = pos[st == KEEP]
+            need[:] = 0
+            need[active] = left
     if (need > 0).any():
         raise RuntimeError("radix select: ties remain after all key and index digits "
                            "(repeated corpus indices?)")
     return take
 
 
-def radix_values(comm: Comm, key: np.ndarray, prefix_digit: np.ndarray, need: np.ndarray,
-                 shifts=(32, 16, 0)) -> np.ndarray:
-    """Exact order statistics (values only) for several targets over the same elements.
+def radix_values(comm: Comm, keys: list, prefix: list, need, digits) -> np.ndarray:
+    """Exact order statistics, by value, of several targets (collective).
 
-    ``key``: local candidate keys (the union over targets: elements whose top digit is one of
-    the targets' digits). Target t wants the ``need[t]``-th smallest key among the elements with
-    top digit ``prefix_digit[t]``. Returns the uint64 values, identical on all ranks.
+    Target t wants the ``need[t]``-th smallest key among its candidates ``keys[t]`` (local
+    arrays, which may be shared between targets), all of which agree on the bits ``prefix[t]``
+    above the first of ``digits``. Each round all-reduces a (targets x 2^bits) histogram and
+    keeps, per target, only the candidates in the chosen bin. Returns the uint64 values.
     """
-    key = np.asarray(key, dtype=np.uint64)
-    T = len(need)
-    prefix = np.asarray(prefix_digit, dtype=np.uint64) << np.uint64(64 - DIGIT_BITS)
-    need = np.array(need, dtype=np.int64)
-    fixed_shift = 64 - DIGIT_BITS   # bits >= fixed_shift are fixed in prefix
-    for shift in shifts:
-        hist = np.zeros((T, NBINS), dtype=np.int64)
-        hi_mask = np.uint64(((1 << 64) - 1) ^ ((1 << fixed_shift) - 1))
-        dig_all = ((key >> np.uint64(shift)) & _U16).astype(np.intp)
-        masked = key & hi_mask
+    T = len(keys)
+    prefix = [int(p) for p in prefix]
+    need = [int(x) for x in need]
+    keys = [np.asarray(k, dtype=np.uint64) for k in keys]
+    for shift, bits in digits:
+        nb = 1 << bits
+        hist = np.zeros((T, nb), dtype=np.int64)
+        digs = []
         for t in range(T):
-            m = masked == prefix[t]
-            hist[t] = np.bincount(dig_all[m], minlength=NBINS)
+            d = ((keys[t] >> np.uint64(shift)) & np.uint64(nb - 1)).astype(np.intp)
+            hist[t] = np.bincount(d, minlength=nb)
+            digs.append(d)
         hist = comm.allreduce(hist)
         cum = np.cumsum(hist, axis=1)
         for t in range(T):
             b = int(np.searchsorted(cum[t], need[t], side="left"))
-            below = int(cum[t, b - 1]) if b else 0
-            need[t] -= below
-            prefix[t] |= np.uint64(b) << np.uint64(shift)
-        fixed_shift = shift
-    return prefix
+            need[t] -= int(cum[t, b - 1]) if b else 0
+            prefix[t] |= b << shift
+            keys[t] = keys[t][digs[t] == b]
+    return np.array(prefix, dtype=np.uint64)
 
-
-# ----------------------------------------------------------------------------- validation
 
 def nonfinite_error(comm: Comm, index: np.ndarray, score: np.ndarray, limit: int = 10,
                     bad_local: int | None = None) -> str | None:
@@ -322,30 +320,55 @@ def _owner_bounds(n: int, world: int) -> np.ndarray:
     return np.array([r * n // world for r in range(world + 1)], dtype=np.int64)
 
 
+def _owners(sl: np.ndarray, bounds: np.ndarray, n: int, P: int):
+    """Owner rank of each index: r with bounds[r] <= i < bounds[r + 1] (skipping empty ranges).
+    An int when one rank owns the whole slice (the common case: shares of contiguous parts)."""
+    if sl.size == 0:
+        return 0
+    lo, hi = int(sl.min()), int(sl.max())
+    r_lo = int(np.searchsorted(bounds, lo, side="right")) - 1
+    if hi < bounds[r_lo + 1]:
+        return r_lo
+    owner = (sl * P) // n                        # bounds[owner] <= i always; fix the upper side
+    while True:
+        up = sl >= bounds[owner + 1]
+        if not up.any():
+            return owner
+        owner += up
+
+
 def _exchange_by_owner(comm: Comm, index: np.ndarray, n: int, slice_size: int = SLICE):
     """Collective: route every local corpus index to the rank owning it (all-to-all, in rounds of
-    at most ``slice_size`` local indices, so buffers stay bounded). Yields what this rank receives,
-    round by round. All ranks run the same number of rounds."""
+    at most ``slice_size`` local indices, so buffers stay bounded; the indices this rank owns
+    itself do not travel). Yields the arrays this rank gets. Same number of rounds on all ranks."""
     import torch
 
     dist = comm._dist
-    P = comm.world
+    P, me = comm.world, comm.rank
     bounds = _owner_bounds(n, P)
     rounds = int(comm.allreduce(np.array([-(-index.size // slice_size)], np.int64), "max")[0])
     for k in range(rounds):
         sl = index[k * slice_size:(k + 1) * slice_size]
-        owner = np.searchsorted(bounds, sl, side="right") - 1   # empty ranges when n < world
-        if owner.size > 1 and (owner[1:] < owner[:-1]).any():
-            order = np.argsort(owner, kind="stable")
-            sl, owner = sl[order], owner[order]
-        send = np.bincount(owner, minlength=P).astype(np.int64)
+        owner = _owners(sl, bounds, n, P)
+        send = np.zeros(P, dtype=np.int64)
+        if isinstance(owner, int):
+            send[owner] = sl.size
+        else:
+            if (owner[1:] < owner[:-1]).any():
+                order = np.argsort(owner, kind="stable")
+                sl, owner = sl[order], owner[order]
+            send += np.bincount(owner, minlength=P)
+        a, mine = int(send[:me].sum()), int(send[me])
+        yield sl[a:a + mine]                                 # owned here: no communication
+        send[me] = 0
+        sl = np.concatenate([sl[:a], sl[a + mine:]]) if send.any() else sl[:0]
         recv = torch.empty(P, dtype=torch.int64, device=comm.device)
         dist.all_to_all_single(recv, torch.from_numpy(send).to(comm.device))
         recv = recv.cpu().numpy()
         out = torch.empty(int(recv.sum()), dtype=torch.int64, device=comm.device)
         dist.all_to_all_single(out, torch.from_numpy(np.ascontiguousarray(sl)).to(comm.device),
                                output_split_sizes=recv.tolist(), input_split_sizes=send.tolist())
-        comm.rounds += 2
+        comm.a2a_calls += 2
         comm.a2a_bytes += 8 * (int(send.sum()) + P)
         yield out.cpu().numpy()
 
@@ -386,7 +409,8 @@ def check_permutation(comm: Comm, index: np.ndarray, n: int, total: int | None =
         base = int(bounds[comm.rank])
         pres = np.zeros(int(bounds[comm.rank + 1]) - base, dtype=bool)
         for got in _exchange_by_owner(comm, index, n):
-            pres[got - base] = True
+            for a, b in chunks(got.size):
+                pres[got[a:b] - base] = True
     missing_local = pres.size - int(np.count_nonzero(pres))
     missing = comm.sum_int(missing_local)
     if missing == 0 and total == n:
@@ -419,6 +443,6 @@ def _first_repeated(comm: Comm, index: np.ndarray, n: int, limit: int) -> list[i
 
 __all__ = [
     "Comm", "agree", "encode_desc", "decode_desc", "radix_take", "radix_values", "lut_from_hist",
-    "check_permutation", "nonfinite_error", "chunks", "idx_shifts", "bincount_blocks",
-    "DROP", "TAKE", "KEEP", "NBINS", "CHUNK",
+    "check_permutation", "nonfinite_error", "chunks", "key_digits", "tune_malloc", "MAX_HIST",
+    "DROP", "TAKE", "KEEP", "NBINS", "CHUNK", "NONFINITE_DIGITS",
 ]

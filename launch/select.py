@@ -4,7 +4,8 @@
     python launch/select.py --scores RUN/scores --strategy topk --fraction 0.01 --out RUN/top1
 
 Every rank reads a disjoint share of the score parts; thresholds are found by distributed radix
-selection (all-reduced 65536-bin digit histograms), so no rank ever holds more than its share,
+selection (all-reduced digit histograms), so no rank ever holds more than its share of the
+scores,
 and the coreset is bitwise the same for any number of ranks. Only the selected corpus indices
 travel, to rank 0, which writes (each atomically) into --out:
 
@@ -39,8 +40,16 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows '(default: X)' for options with a default that the help does not already state."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if ("default" not in h and d is not None and d is not False and d != argparse.SUPPRESS
+                and action.option_strings):
+            h += " (default: %(default)s)"
+        return h
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -74,7 +74,7 @@ def test_matches_brute_force(n, strategy):
         check_against_reference(idx, score, strategy, budget, K=7 if n < 100 else 50, seed=3)
 
 
-@pytest.mark.parametrize("beta, K", [(0.0, 1), (0.0, 50), (0.3, 3), (0.05, 200)])
+@pytest.mark.parametrize("beta, K", [(0.0, 1), (0.0, 50), (0.3, 3), (0.05, 200), (0.01, 4096)])
 def test_cci_parameters_match_brute_force(beta, K):
     idx, score = tie_heavy(3000, seed=5, decimals=2)
     n = idx.size
@@ -415,3 +415,13 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
     msg = _cli_error(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
                       "--out", str(tmp_path / "sel3"), "--data", str(small)], capsys)
     assert "has 1,000 records but the scores have n = 1,200" in msg
+
+
+def test_select_from_scores(run_dir):
+    from bioprune.engine.selection import select_from_scores
+
+    run, idx, score = run_dir
+    r = select_from_scores(run / "scores", "random", fraction=0.25, seed=4)
+    np.testing.assert_array_equal(r.indices, ref_select(idx, score, "random", 300, seed=4))
+    with pytest.raises(SelectionError, match="exactly one"):
+        select_from_scores(run / "scores", "topk")
