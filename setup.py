@@ -30,7 +30,6 @@ setup(
         "numpy",
         "datasets",
         "transformers",
-        "accelerate",
         "tensorboard",
     ],
     extras_require={"test": ["pytest"]},

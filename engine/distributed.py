@@ -1,9 +1,10 @@
 """Process-group set-up shared by every entry point.
 
-Entry points run either under the ``deepspeed`` launcher (which sets RANK / WORLD_SIZE /
-LOCAL_RANK / MASTER_ADDR) or as plain ``python`` (one process, no process group). On CUDA the
-backend is NCCL, elsewhere gloo. The group is destroyed at exit: without that, ranks abort on
-teardown.
+Entry points run under the ``deepspeed`` launcher (which sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR), under ``mpirun``/``mpiexec``/``srun --mpi`` (DeepSpeed discovers rank, size and the
+master address through mpi4py), or as plain ``python`` (one process, no process group). On CUDA
+the backend is NCCL, elsewhere gloo. The group is destroyed at exit: without that, ranks abort
+on teardown.
 """
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ import torch
 import torch.distributed as dist
 
 
+# what MPICH/Hydra, Open MPI and PMIx-based launchers put in every rank's environment
+_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+_MPI_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
 def launched_distributed() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launched_by_mpi() -> bool:
+    return any(v in os.environ for v in _MPI_SIZE_VARS)
 
 
 def default_backend() -> str:
@@ -26,11 +36,18 @@ def init(backend: str | None = None) -> tuple[int, int]:
     """Join the process group if launched by ``deepspeed``/``torchrun``; return (rank, world)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if not launched_distributed():
+    mpi = not launched_distributed() and launched_by_mpi()
+    if not (launched_distributed() or mpi):
         return 0, 1
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend=backend or default_backend())
+    if mpi:
+        # mpi4py (through DeepSpeed's discovery) fills in RANK/WORLD_SIZE/MASTER_ADDR/PORT
+        deepspeed.init_distributed(dist_backend=backend or default_backend(),
+                                   auto_mpi_discovery=True, verbose=False,
+                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
+    else:
+        deepspeed.init_distributed(dist_backend=backend or default_backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
@@ -44,7 +61,8 @@ def share_cpu_cores() -> None:
     OpenMP pool oversubscribe the cores, and spinning threads then run ~10x slower."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    local = next((int(os.environ[v]) for v in ("LOCAL_WORLD_SIZE", *_MPI_LOCAL_SIZE_VARS)
+                  if v in os.environ), int(os.environ.get("WORLD_SIZE", "1")))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, (cores or 1) // max(local, 1)))
 

@@ -50,7 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(script: str, args: list[str], ranks: int = 1) -> list[str]:
+def command(script: str, args: list[str], ranks: int = 1, mpi: bool = False) -> list[str]:
+    if mpi:  # mpiexec from the mpich wheel; DeepSpeed finds the ranks through mpi4py
+        mpiexec = Path(sys.executable).parent / "mpiexec"
+        return [str(mpiexec), "-n", str(ranks), "-env", "MASTER_PORT", str(free_port()),
+                sys.executable, str(LAUNCH / script), *args]
     if ranks == 1:
         return [sys.executable, str(LAUNCH / script), *args]
     launcher = Path(sys.executable).parent / "deepspeed"
@@ -65,8 +69,9 @@ def env() -> dict:
     return e
 
 
-def run(script: str, args: list[str], ranks: int = 1, check: bool = True, timeout: int = 600):
-    p = subprocess.run(command(script, args, ranks), env=env(), capture_output=True, text=True,
+def run(script: str, args: list[str], ranks: int = 1, check: bool = True, timeout: int = 600,
+        mpi: bool = False):
+    p = subprocess.run(command(script, args, ranks, mpi), env=env(), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")

@@ -77,6 +77,19 @@ def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tm
         np.testing.assert_array_equal(sel[0], sel[1])
 
 
+def test_select_under_mpiexec_matches_one_rank(one_rank, tmp_path):
+    # mpirun/mpiexec instead of the deepspeed launcher: ranks are discovered through mpi4py
+    sel = []
+    for ranks, mpi in ((1, False), (2, True)):
+        dst = tmp_path / f"sel-{ranks}"
+        p = run("select.py", ["--scores", str(one_rank / "scores"), "--strategy", "cci",
+                              "--budget", "25", "--strata", "4", "--seed", "3", "--out", str(dst)],
+                ranks=ranks, mpi=mpi)
+        sel.append(np.load(dst / "coreset.npy"))
+    assert "on 2 rank" in p.stdout
+    np.testing.assert_array_equal(sel[0], sel[1])
+
+
 def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(command("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)]),
