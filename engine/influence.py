@@ -37,7 +37,8 @@ def fisher_pass(bundle, corpus, subset: np.ndarray, params, *, seed: int, max_re
                 progress=None) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher over ``subset`` (every rank passes its own share of D_sub)."""
     bundle.module.to(device).eval()
-    n_local = torch.tensor([len(subset)], dtype=torch.float64)
+    # collectives run on the backend's device (NCCL takes CUDA tensors only)
+    n_local = torch.tensor([len(subset)], dtype=torch.float64, device=device)
     with SquaredGradCollector(bundle, params, Mode.FISHER, backend=backend) as col:
         for idx in length_sorted_batches(np.asarray(subset), corpus.lengths, micro_batch_size):
             batch = make_batch(corpus, idx, bundle, seed, max_residues).to(device)

@@ -131,7 +131,9 @@ def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSetting
         acc += torch.tensor([loss.sum().item(), len(loss), ce.item(),
                              (b.labels != IGNORE).sum().item()], dtype=torch.float64)
     if world > 1:
+        acc = acc.to(distributed.device())  # NCCL reduces CUDA tensors only
         dist.all_reduce(acc)
+        acc = acc.cpu()
     engine.train()
     loss = acc[0].item() / max(acc[1].item(), 1)
     return {"heldout_loss": loss, "heldout_ppl": math.exp(acc[2].item() / max(acc[3].item(), 1))}

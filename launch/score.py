@@ -246,14 +246,15 @@ def run(args, rank: int, world: int) -> int:
             order = np.argsort(cols["index"], kind="stable")
             scores_io.write_part(scores_dir, c, **{k: v[order] for k, v in cols.items()})
     bar.close()
-    elapsed = torch.tensor([time.time() - t, float(n_mine)], dtype=torch.float64)
+    elapsed = torch.tensor([time.time() - t, float(n_mine)], dtype=torch.float64, device=device)
     if world > 1:
         import torch.distributed as dist
 
+        tot = elapsed[1:].clone()
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the slowest rank sets the wall time
-        tot = torch.tensor([float(n_mine)], dtype=torch.float64)
         dist.all_reduce(tot)
         elapsed[1] = tot[0]
+    elapsed = elapsed.cpu()
     distributed.barrier()
     if rank == 0:
         finished = scores_io.finished_chunks(scores_dir)
