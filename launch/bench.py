@@ -13,7 +13,9 @@ For each model, on the same batch (random sequences of exactly --length residues
              (the approach of the paper's public code, there on one layer).
 
 Each arm runs in its own subprocess so its peak memory (max RSS above the process's baseline
-after the model is built; on CUDA, max allocated) is its own. Times are medians over --repeats.
+after the model is built; on CUDA, max allocated) is its own. Times are medians over --repeats
+within a process, then the median over --rounds rounds that run the arms in turn (a shared or
+virtual CPU drifts; interleaving keeps the arms' comparison fair).
 """
 from __future__ import annotations
 
@@ -159,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=256, help="residues per sequence")
     p.add_argument("--batch", type=int, default=16, help="micro-batch size")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per arm (median)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of all arms in turn; the reported time is the median of rounds")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="what to measure")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default="auto",
                    help="kernel backend of the score/fisher arms")
@@ -172,22 +176,28 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(run_arm(arm, model, size, args.length, args.batch,
                                              args.repeats, backend)), flush=True)
         return 0
+    runs: dict = {}
+    for rnd in range(args.rounds):
+        for cfg in args.configs:
+            for arm in args.arms:
+                cmd = [sys.executable, os.path.abspath(__file__), "--_arm", f"{arm}@{cfg}",
+                       "--length", str(args.length), "--batch", str(args.batch),
+                       "--repeats", str(args.repeats), "--backend", args.backend]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(f"{cfg} {arm}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                r = json.loads(line[0][7:])
+                runs.setdefault((cfg, arm), []).append(r)
+                print(f"  round {rnd + 1}: {cfg:<12} {arm:<11} {r['seconds'] * 1e3:9.1f} ms  "
+                      f"{r['peak_mb']:8.1f} MB", flush=True)
     results = []
-    for cfg in args.configs:
-        for arm in args.arms:
-            cmd = [sys.executable, os.path.abspath(__file__), "--_arm", f"{arm}@{cfg}",
-                   "--length", str(args.length), "--batch", str(args.batch),
-                   "--repeats", str(args.repeats), "--backend", args.backend]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                print(f"{cfg} {arm}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            results.append(json.loads(line[0][7:]))
-            r = results[-1]
-            print(f"  {cfg:<12} {arm:<11} {r['seconds'] * 1e3:9.1f} ms  {r['peak_mb']:8.1f} MB",
-                  flush=True)
-    print(f"\nlength {args.length}, micro-batch {args.batch}, median of {args.repeats}, "
+    for (cfg, arm), rs in runs.items():
+        results.append(dict(rs[0], seconds=statistics.median(r["seconds"] for r in rs),
+                            peak_mb=max(r["peak_mb"] for r in rs),
+                            rounds=[r["seconds"] for r in rs]))
+    print(f"\nlength {args.length}, micro-batch {args.batch}, median of {args.repeats} x {args.rounds} rounds, "
           f"device {results[0]['device'] if results else '?'}")
     print(f"{'model':<12} {'params':>10} {'arm':<11} {'ms/batch':>10} {'÷ train':>8} {'peak MB':>9}")
     for cfg in args.configs:

@@ -196,6 +196,22 @@ class SquaredGradCollector:
                                  backend=self.backend)
             self.scores += s.double()
 
+    def unique_rows(self, p, idx: torch.Tensor, d: torch.Tensor, skip: int | None) -> None:
+        """A table whose row ``idx[b, t]`` gets gradient ``d[b, t]``, every row at most once per
+        sample (positions), except ``skip`` (padding) rows, which get none."""
+        if self.mode is Mode.PER_SAMPLE or self._uses[id(p)] != 1:
+            from .layers import embedding_grad
+
+            self.add(p, embedding_grad(p, idx, d, skip))
+            return
+        sq = d.float().square()
+        if skip is not None:
+            sq = sq * idx.ne(skip).unsqueeze(-1)
+        if self.mode is Mode.FISHER:
+            self.fisher[self.names[id(p)]].index_add_(0, idx.reshape(-1), sq.reshape(-1, sq.shape[-1]))
+        else:
+            self.scores += (self.weights[id(p)][idx] * sq).sum((1, 2)).double()
+
     def add(self, p, g: torch.Tensor) -> None:
         """A materialised per-sample gradient contribution (B, *p.shape) of parameter ``p``."""
         if self._uses[id(p)] == 1:

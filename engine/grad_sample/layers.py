@@ -56,7 +56,9 @@ def _register_fm_rules() -> None:
         mask = tokens.ne(module.padding_idx).int()
         positions = (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + module.padding_idx
         if sink.covers(module.weight):
-            sink.add(module.weight, embedding_grad(module.weight, positions, d, module.padding_idx))
+            # each position occurs once per sample: row positions[b, t] of G_b is d[b, t], so the
+            # squared sums need no (B, max_positions, E) per-sample table
+            sink.unique_rows(module.weight, positions, d, module.padding_idx)
 
     @register(RobertaLMHead, input_from_child="layer_norm")
     def roberta_lm_head(module, x, d, sink) -> None:
