@@ -131,3 +131,25 @@ def test_rerun_with_other_settings_is_refused(one_rank, corpus_files):
     args = [a if a != "11" else "12" for a in SCORE_ARGS]  # another --seed
     p = run("score.py", ["--data", *corpus_files, *args, "--out", str(one_rank)], check=False)
     assert p.returncode == 2 and "seed" in p.stderr and "use a new --out" in p.stderr
+
+
+def test_protein_corpus_with_esmc_without_finetuning(tmp_path):
+    # ESM-C on real NetSurfP rows, the paper's "w/o ft" ablation, then a Random coreset as FASTA
+    src = data_dir() / "protein" / "netsurfp_ss3.csv"
+    table = tmp_path / "prot.csv"
+    table.write_text("".join(src.read_text().splitlines(keepends=True)[:25]))
+    out = tmp_path / "run"
+    run("score.py", ["--data", str(table), "--model", "esmc", "--max-length", "80",
+                     "--subset-fraction", "0.5", "--finetune-epochs", "0", "--chunk-size", "10",
+                     "--out", str(out)])
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["corpus"]["molecule"] == "protein" and m["counts"]["sequences"] == 24
+    assert m["counts"]["subset"] == 12 and "adapt" not in m["timings_s"]
+    s = read_scores(out / "scores")
+    assert (s["score"] > 0).all() and (s["length"] <= 80).all()
+    run("select.py", ["--scores", str(out / "scores"), "--strategy", "random", "--budget", "5",
+                      "--out", str(out / "random"), "--data"])
+    coreset = np.load(out / "random" / "coreset.npy")
+    headers = [l for l in (out / "random" / "coreset.fasta").read_text().splitlines()
+               if l.startswith(">")]
+    assert len(coreset) == 5 and [int(h.split("index=")[1]) for h in headers] == coreset.tolist()
