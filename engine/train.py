@@ -67,7 +67,7 @@ def load_ds_config(settings: TrainSettings) -> dict:
     return cfg
 
 
-def make_engine(bundle, settings: TrainSettings, total_steps: int):
+def make_engine(bundle, settings: TrainSettings):
     import deepspeed
     from transformers import get_constant_schedule_with_warmup, get_inverse_sqrt_schedule
 
@@ -110,10 +110,6 @@ def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, r
     return [mine[j * micro_batch:(j + 1) * micro_batch] for j in range(steps * grad_accum)]
 
 
-def steps_per_epoch(n: int, micro_batch: int, world: int, grad_accum: int = 1) -> int:
-    return max(1, math.ceil(n / (micro_batch * world * grad_accum)))
-
-
 @torch.no_grad()
 def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSettings) -> dict:
     """Held-out MLM loss (mean per-sample ℓ) and perplexity (exp of the token-level mean CE)."""
@@ -146,9 +142,7 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
     from tqdm import tqdm
 
     rank, world = distributed.rank(), distributed.world_size()
-    total = steps_per_epoch(len(indices), settings.micro_batch_size, world,
-                            settings.grad_accum) * settings.epochs
-    engine = make_engine(bundle, settings, total)
+    engine = make_engine(bundle, settings)
     start_epoch = 0
     if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
         _, client = engine.load_checkpoint(str(checkpoint_dir))

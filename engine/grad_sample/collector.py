@@ -49,8 +49,7 @@ class SquaredGradCollector:
             if weights is None:
                 raise ValueError("SCORE mode needs weights = {name: 1/(F + λ)}")
             self.weights = {id(self.params[n]): weights[n] for n in self.params}
-        self._rules = self._find_rules()
-        self._uses = self._count_uses()
+        self._rules, self._uses = self._find_rules()
         self.fisher: dict[str, torch.Tensor] = {}
         if mode is Mode.FISHER:
             self.fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
@@ -63,9 +62,10 @@ class SquaredGradCollector:
         self._forwards = self._backwards = 0
 
     # ---- set-up -------------------------------------------------------------------------------
-    def _find_rules(self):
+    def _find_rules(self) -> tuple[list, Counter]:
+        """The hooked modules, and how many of them use each covered parameter (2 when tied)."""
         rules = []
-        covered: set[int] = set()
+        uses: Counter = Counter()
         for name, module in self.model.named_modules():
             rule = handler_for(module)
             if rule is None:
@@ -74,21 +74,13 @@ class SquaredGradCollector:
             if not own:
                 continue
             rules.append((name, module, rule))
-            covered.update(id(p) for p in own)
-        missing = [n for i, n in self.names.items() if i not in covered]
+            uses.update(id(p) for p in own)
+        missing = [n for i, n in self.names.items() if i not in uses]
         if missing:
             raise NotImplementedError(
                 f"no per-sample gradient rule covers {missing[:5]}: register one in "
                 "bioprune.engine.grad_sample.layers, or exclude them with --params")
-        return rules
-
-    def _count_uses(self) -> Counter:
-        uses: Counter = Counter()
-        for _, module, _ in self._rules:
-            for p in module.parameters(recurse=False):
-                if id(p) in self.names:
-                    uses[id(p)] += 1
-        return uses
+        return rules, uses
 
     def covers(self, p) -> bool:
         return p is not None and id(p) in self.names
@@ -178,11 +170,9 @@ class SquaredGradCollector:
         fused_b = b_cov and self._uses[id(bias)] == 1 and self.mode is not Mode.PER_SAMPLE
         if w_cov and not fused_w:
             self.add(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
-        if b_cov and not fused_b:
+        if b_cov and not (fused_w and fused_b):  # the bias rides along only with a fused weight
             self.add(bias, d.float().sum(1))
         if not fused_w:
-            if fused_b:  # bias alone through the fused path: G_b of the bias is Σ_t d_bt
-                self._reduce(bias, d.float().sum(1))
             return
         from bioprune.kernels import fisher_accumulate, weighted_sq_norm
 
