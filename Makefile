@@ -34,7 +34,7 @@ test: install
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: install
-	$(PY) launch/bench.py
+	$(PY) launch/bench/scoring.py
 
 clean:
 	rm -rf runs build *.egg-info

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from .models import MODEL_NAMES, SIZES
+from bioprune.engine.models import MODEL_NAMES, SIZES
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -66,7 +66,7 @@ def resolve(path: str | None) -> Path | None:
 
 def run_distributed(run, args) -> int:
     """Join the process group (if launched by deepspeed), run, and always leave it cleanly."""
-    from . import distributed
+    from bioprune.engine.runtime import distributed
 
     rank, world = distributed.init()
     try:
@@ -81,8 +81,8 @@ def model_and_corpus(args, out: Path):
     dir, residues kept per sequence)."""
     import torch
 
-    from .corpus import CorpusError, load_corpus
-    from .models import build_model
+    from bioprune.engine.data.corpus import CorpusError, load_corpus
+    from bioprune.engine.models import build_model
 
     torch.manual_seed(args.seed)
     bundle = build_model(args.model, args.model_size, args.checkpoint)

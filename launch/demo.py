@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-# launch/select.py would shadow the standard library's `select` for every script run from here
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import json
@@ -23,11 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def data_files() -> list[str]:
-    from bioprune.engine.corpus import data_dir
+    from bioprune.engine.data.paths import data_dir
 
     rna = data_dir() / "rna"
     names = ["archiveII.csv", "bprna_nf15.csv", "rnacentral_sample.fasta", "rfam_RF00001.fasta",
@@ -71,7 +67,7 @@ def main(argv=None) -> int:
                                         "--finetune-epochs", "1", "--out", str(out / "score")],
                            args.ranks)
     for strategy, name in (("cci", "cci"), ("topk", "topi")):
-        wall[f"select {name}"] = launch("select.py", [
+        wall[f"select {name}"] = launch("select_coreset.py", [
             "--scores", str(out / "score" / "scores"), "--strategy", strategy,
             "--fraction", str(args.fraction), "--out", str(out / name), "--data", *data],
             args.ranks)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import os
 import sys
 
-# launch/select.py would shadow the standard library's `select` for every script run from here
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import sys
@@ -25,8 +22,8 @@ import time
 
 import numpy as np
 
-from bioprune.engine import distributed, hashing
-from bioprune.engine.atomic import save_npy
+from bioprune.engine.runtime import distributed, hashing
+from bioprune.engine.io.atomic import save_npy
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
                                  fail, model_and_corpus, resolve, run_distributed)
 
@@ -70,8 +67,8 @@ def main(argv=None) -> int:
 
 
 def run(args, rank: int, world: int) -> int:
-    from bioprune.engine.manifest import Manifest
-    from bioprune.engine.train import TrainSettings, export_weights, train
+    from bioprune.engine.io.manifest import Manifest
+    from bioprune.engine.training.loop import TrainSettings, export_weights, train
 
     t0 = time.time()
     out = resolve(args.out)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import os
 import sys
 
-# launch/select.py would shadow the standard library's `select` for every script run from here
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse
 import math
@@ -28,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bioprune.engine import distributed
-from bioprune.engine.atomic import save_npy, write_json
+from bioprune.engine.runtime import distributed
+from bioprune.engine.io.atomic import save_npy, write_json
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
                                  fail, model_and_corpus, resolve, run_distributed)
 
@@ -107,12 +104,12 @@ def main(argv=None) -> int:
 def run(args, rank: int, world: int) -> int:
     from tqdm import tqdm
 
-    from bioprune.engine import scores_io
-    from bioprune.engine.batching import length_sorted_batches
-    from bioprune.engine.influence import Scorer, fisher_pass, influence_weights
-    from bioprune.engine.manifest import Manifest
+    from bioprune.engine.io import scores as scores_io
+    from bioprune.engine.data.batching import length_sorted_batches
+    from bioprune.engine.influence.passes import Scorer, fisher_pass, influence_weights
+    from bioprune.engine.io.manifest import Manifest
     from bioprune.engine.models import load_saved_model, save_model, trainable_parameters
-    from bioprune.engine.subset import draw_subset, subset_size
+    from bioprune.engine.data.sampling import draw_subset, subset_size
 
     t_start = time.time()
     out = resolve(args.out)
@@ -154,7 +151,7 @@ def run(args, rank: int, world: int) -> int:
     if not (adapted_dir / "model.safetensors").exists():
         t = time.time()
         if args.finetune_epochs > 0:
-            from bioprune.engine.train import TrainSettings, export_weights, train
+            from bioprune.engine.training.loop import TrainSettings, export_weights, train
 
             per_step = args.micro_batch_size * world
             glob = args.finetune_global_batch or per_step
@@ -207,7 +204,7 @@ def run(args, rank: int, world: int) -> int:
                              device=device, backend=backend, autocast_dtype=autocast, progress=bar)
         bar.close()
         if rank == 0:
-            from bioprune.engine.atomic import atomic_path
+            from bioprune.engine.io.atomic import atomic_path
 
             with atomic_path(fisher_path) as tmp:
                 save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp),

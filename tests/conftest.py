@@ -4,4 +4,3 @@ from pathlib import Path
 
 # Triton kernels run on the CPU through the interpreter; it must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-sys.path.insert(0, str(Path(__file__).parent))

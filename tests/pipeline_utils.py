@@ -11,14 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bioprune.engine.data.paths import data_dir  # noqa: F401 (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch"
-
-
-def data_dir() -> Path:
-    from bioprune.engine.corpus import data_dir as dd
-
-    return dd()
 
 
 def small_corpus(tmp: Path, n_fasta: int = 40, n_csv: int = 40) -> list[str]:
@@ -79,7 +75,7 @@ def run(script: str, args: list[str], ranks: int = 1, check: bool = True, timeou
 
 
 def read_scores(scores_dir: Path) -> dict:
-    from bioprune.engine.scores_io import read_scores as rs
+    from bioprune.engine.io.scores import read_scores as rs
 
     cols = rs(scores_dir, columns=("index", "score", "length", "loss"))
     order = np.argsort(cols["index"])

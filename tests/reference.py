@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch.func import functional_call, grad
 
-from bioprune.engine.batching import make_batch, per_sample_loss
+from bioprune.engine.data.batching import make_batch, per_sample_loss
 
 
 def per_sample_grads(bundle, corpus, indices, seed: int, max_residues: int | None = None):

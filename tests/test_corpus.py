@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioprune.engine.alphabets import get_alphabet
-from bioprune.engine.corpus import Corpus, CorpusError, data_dir, load_corpus, molecule_of_model
+from bioprune.engine.data.alphabets import get_alphabet
+from bioprune.engine.data.corpus import Corpus, CorpusError, load_corpus
+from bioprune.engine.data.paths import data_dir
 
 RNA_FILES = {
     "archiveII.csv": 3975,
@@ -236,14 +237,6 @@ def test_protein_only_stop_is_empty(tmp_path):
     p = tmp_path / "p.faa"
     p.write_text(">p\n*\n")
     assert "empty record" in err([p], tmp_path, molecule="protein")
-
-
-def test_molecule_of_model():
-    assert molecule_of_model("rnafm") == "rna"
-    assert molecule_of_model("esmc") == "protein"
-    assert molecule_of_model("esmc-300m") == "protein"
-    with pytest.raises(ValueError):
-        molecule_of_model("bert")
 
 
 # ------------------------------------------------------------------ errors
@@ -478,7 +471,7 @@ def test_real_rna_corpus(tmp_path):
 def _rank_main(rank, world, init_file, paths, cache, out):
     import torch.distributed as dist
 
-    from bioprune.engine.corpus import CorpusError, load_corpus
+    from bioprune.engine.data.corpus import CorpusError, load_corpus
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     res = []

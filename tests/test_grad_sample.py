@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from bioprune.engine.batching import make_batch
-from bioprune.engine.grad_sample import Mode, SquaredGradCollector
-from bioprune.engine.influence import _backward_pass
+from bioprune.engine.data.batching import make_batch
+from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
+from bioprune.engine.influence.passes import _backward_pass
 from bioprune.engine.models import build_model, trainable_parameters
-from bioprune.engine.sequence_list import SequenceList
+from bioprune.engine.data.sequence_list import SequenceList
 from reference import per_sample_grads
 
 SEED = 3

@@ -4,9 +4,9 @@ import argparse
 import pytest
 import torch
 
-from bioprune.engine.batching import make_batch
+from bioprune.engine.data.batching import make_batch
 from bioprune.engine.models import build_model, load_saved_model, save_model
-from bioprune.engine.sequence_list import SequenceList
+from bioprune.engine.data.sequence_list import SequenceList
 
 
 @pytest.mark.parametrize("name", ["rnafm", "esmc"])

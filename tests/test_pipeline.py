@@ -71,7 +71,7 @@ def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tm
         sel = []
         for src, ranks in ((one_rank, 1), (out2, 2)):
             dst = tmp_path / f"sel-{strategy}-{ranks}"
-            run("select.py", ["--scores", str(src / "scores"), "--strategy", strategy,
+            run("select_coreset.py", ["--scores", str(src / "scores"), "--strategy", strategy,
                               "--budget", "20", "--strata", "5", "--out", str(dst)], ranks=ranks)
             sel.append(np.load(dst / "coreset.npy"))
         np.testing.assert_array_equal(sel[0], sel[1])
@@ -82,7 +82,7 @@ def test_select_under_mpiexec_matches_one_rank(one_rank, tmp_path):
     sel = []
     for ranks, mpi in ((1, False), (2, True)):
         dst = tmp_path / f"sel-{ranks}"
-        p = run("select.py", ["--scores", str(one_rank / "scores"), "--strategy", "cci",
+        p = run("select_coreset.py", ["--scores", str(one_rank / "scores"), "--strategy", "cci",
                               "--budget", "25", "--strata", "4", "--seed", "3", "--out", str(dst)],
                 ranks=ranks, mpi=mpi)
         sel.append(np.load(dst / "coreset.npy"))
@@ -147,7 +147,7 @@ def test_protein_corpus_with_esmc_without_finetuning(tmp_path):
     assert m["counts"]["subset"] == 12 and "adapt" not in m["timings_s"]
     s = read_scores(out / "scores")
     assert (s["score"] > 0).all() and (s["length"] <= 80).all()
-    run("select.py", ["--scores", str(out / "scores"), "--strategy", "random", "--budget", "5",
+    run("select_coreset.py", ["--scores", str(out / "scores"), "--strategy", "random", "--budget", "5",
                       "--out", str(out / "random"), "--data"])
     coreset = np.load(out / "random" / "coreset.npy")
     headers = [l for l in (out / "random" / "coreset.fasta").read_text().splitlines()

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bioprune.engine import scores_io as S
+from bioprune.engine.io import scores as S
 
 
 def _write(d, chunk, idx, score=None):

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from bioprune.engine.grad_sample import Mode, SquaredGradCollector
-from bioprune.engine.influence import Scorer, fisher_pass, influence_weights
+from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
+from bioprune.engine.influence.passes import Scorer, fisher_pass, influence_weights
 from bioprune.engine.models import build_model, trainable_parameters
-from bioprune.engine.sequence_list import SequenceList
+from bioprune.engine.data.sequence_list import SequenceList
 from reference import per_sample_grads
 
 SEED = 5

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioprune.engine import scores_io as S
-from bioprune.engine.hashing import SELECT, hash_keys
-from bioprune.engine.selection import ScoresError, SelectionError, select
-from bioprune.engine.selection_dist import decode_desc, encode_desc
-from bioprune.engine.selection_rules import strata_budgets
+from bioprune.engine.io import scores as S
+from bioprune.engine.runtime.hashing import SELECT, hash_keys
+from bioprune.engine.selection.exact import ScoresError, SelectionError, select
+from bioprune.engine.selection.radix import decode_desc, encode_desc
+from bioprune.engine.selection.rules import strata_budgets
 from test_selection_reference import ref_algorithm1, ref_cci, ref_select, ref_topk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_other_request_errors():
 # ----------------------------------------------------------------------------- command line
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("bioprune_launch_select", ROOT / "launch" / "select.py")
+    spec = importlib.util.spec_from_file_location("bioprune_launch_select", ROOT / "launch" / "select_coreset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -418,7 +418,7 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
 
 
 def test_select_from_scores(run_dir):
-    from bioprune.engine.selection import select_from_scores
+    from bioprune.engine.selection.exact import select_from_scores
 
     run, idx, score = run_dir
     r = select_from_scores(run / "scores", "random", fraction=0.25, seed=4)

@@ -77,7 +77,7 @@ def _configs():
 
 
 def _write_scenarios(work: Path):
-    from bioprune.engine import scores_io as S
+    from bioprune.engine.io import scores as S
 
     for name, (idx, score, sizes) in _scenarios().items():
         d = work / name / "scores"
@@ -94,10 +94,10 @@ def worker(argv=None) -> int:
 
     import torch
 
-    from bioprune.engine import distributed
-    from bioprune.engine.scores_io import ScoresError, read_share
-    from bioprune.engine.selection import SelectionError, select
-    from bioprune.engine.selection_dist import Comm
+    from bioprune.engine.runtime import distributed
+    from bioprune.engine.io.scores import ScoresError, read_share
+    from bioprune.engine.selection.exact import SelectionError, select
+    from bioprune.engine.selection.radix import Comm
 
     p = argparse.ArgumentParser()
     p.add_argument("--work", required=True)
@@ -239,7 +239,7 @@ def test_cli_under_deepspeed(launched, tmp_path):
     out = tmp_path / "cli"
     fasta = tmp_path / "corpus.fasta"
     fasta.write_text("".join(f">s{i}\n{'ACGU'[i % 4] * (2 + i % 3)}\n" for i in range(6000)))
-    p = _deepspeed(2, "launch/select.py", ["--scores", str(work / "ties" / "scores"),
+    p = _deepspeed(2, "launch/select_coreset.py", ["--scores", str(work / "ties" / "scores"),
                                             "--strategy", "cci", "--budget", "600",
                                             "--out", str(out), "--data", str(fasta)])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -252,7 +252,7 @@ def test_cli_under_deepspeed(launched, tmp_path):
     heads = [ln for ln in (out / "coreset.fasta").read_text().splitlines() if ln[:1] == ">"]
     assert heads == [f">s{i} index={i}" for i in core]
     # bad input: every rank ends with exit code 2, the error printed once, no hang
-    p = _deepspeed(2, "launch/select.py", ["--scores", str(work / "bad_nan" / "scores"),
+    p = _deepspeed(2, "launch/select_coreset.py", ["--scores", str(work / "bad_nan" / "scores"),
                                             "--strategy", "topk", "--budget", "3",
                                             "--out", str(tmp_path / "bad")], timeout=240)
     assert p.returncode == 2

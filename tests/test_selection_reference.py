@@ -1,5 +1,5 @@
 """A brute-force NumPy reference of DESIGN.md's selection rules (full sorts, one process), written
-independently of bioprune.engine.selection, plus hand-checked cases of the reference itself.
+independently of bioprune.engine.selection.exact, plus hand-checked cases of the reference itself.
 
 The reference is deliberately naive: a lexsort of the whole array for the ranking, a Python loop
 for Algorithm 1, a lexsort per stratum for the picks. Only the hash keys come from the engine
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from bioprune.engine.hashing import SELECT, hash_keys
+from bioprune.engine.runtime.hashing import SELECT, hash_keys
 
 
 def ranking(index, score):

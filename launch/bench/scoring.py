@@ -1,7 +1,7 @@
 """Scoring-pass cost against a training step, and against torch.func per-sample gradients.
 
-    python launch/bench.py                       # tiny and mid rnafm, length 256, batch 16
-    python launch/bench.py --configs rnafm:mid esmc:tiny --length 512 --batch 8
+    python launch/bench/scoring.py                       # tiny and mid rnafm, length 256, batch 16
+    python launch/bench/scoring.py --configs rnafm:mid esmc:tiny --length 512 --batch 8
 
 For each model, on the same batch (random sequences of exactly --length residues):
 
@@ -22,15 +22,13 @@ from __future__ import annotations
 import os
 import sys
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import time
 
 ARMS = ("train", "score", "fisher", "torch.func")
 
@@ -65,10 +63,10 @@ def run_arm(arm: str, model: str, size: str, length: int, batch_size: int, repea
     import numpy as np
     import torch
 
-    from bioprune.engine.batching import make_batch, per_sample_loss
-    from bioprune.engine.grad_sample import Mode, SquaredGradCollector
+    from bioprune.engine.data.batching import make_batch, per_sample_loss
+    from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
     from bioprune.engine.models import build_model, trainable_parameters
-    from bioprune.engine.sequence_list import SequenceList
+    from bioprune.engine.data.sequence_list import SequenceList
 
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
@@ -208,7 +206,7 @@ def main(argv=None) -> int:
             print(f"{cfg:<12} {r['params']:>10} {r['arm']:<11} {r['seconds'] * 1e3:10.1f} {ratio} "
                   f"{r['peak_mb']:9.1f}")
     if args.json:
-        from bioprune.engine.atomic import write_json
+        from bioprune.engine.io.atomic import write_json
 
         write_json(args.json, results)
     return 0

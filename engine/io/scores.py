@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .atomic import atomic_path, write_text
+from bioprune.engine.io.atomic import atomic_path, write_text
 
 SUCCESS = "_SUCCESS"
 COLUMNS = ("index", "score", "length", "loss")
@@ -241,7 +241,7 @@ def check_scores(index, score, n: int | None = None, comm=None, limit: int = 10)
     that fall in it, marking them in a presence array; with the all-reduced row count, every
     index present and n rows <=> a permutation. O(share) work and memory per rank.
     """
-    from .selection_dist import Comm, check_permutation, nonfinite_error
+    from bioprune.engine.selection.radix import Comm, check_permutation, nonfinite_error
 
     comm = comm or Comm()
     index = np.asarray(index, dtype=np.int64)
@@ -264,7 +264,7 @@ def read_share(scores_dir, comm=None, columns: Iterable[str] = ("index", "score"
     every rank reads only its own parts. Errors (no _SUCCESS, no parts, unreadable part, row
     counts that do not add up to n) are raised on every rank together.
     """
-    from .selection_dist import Comm, agree
+    from bioprune.engine.selection.radix import Comm, agree
 
     comm = comm or Comm()
     err = n = None

@@ -1,7 +1,7 @@
 """Select a coreset from a scores directory (DESIGN step 4): Top-I, CCI or Random, exactly.
 
-    deepspeed launch/select.py --scores RUN/scores --strategy cci --budget 200000 --out RUN/cci
-    python launch/select.py --scores RUN/scores --strategy topk --fraction 0.01 --out RUN/top1
+    deepspeed launch/select_coreset.py --scores RUN/scores --strategy cci --budget 200000 --out RUN/cci
+    python launch/select_coreset.py --scores RUN/scores --strategy topk --fraction 0.01 --out RUN/top1
 
 Every rank reads a disjoint share of the score parts; thresholds are found by distributed radix
 selection (all-reduced digit histograms), so no rank ever holds more than its share of the
@@ -29,15 +29,11 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named like the standard library's ``select`` module (used by subprocess, asyncio,
-# torch): running it puts launch/ first on sys.path, which would shadow it. Drop that entry first.
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import time
+from pathlib import Path
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -125,7 +121,7 @@ def corpus_settings(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from bioprune.engine import distributed
+    from bioprune.engine.runtime import distributed
 
     distributed.init()
     try:
@@ -143,11 +139,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    from bioprune.engine.scores_io import ScoresError, read_share
-    from bioprune.engine.selection import select
-    from bioprune.engine.selection_dist import Comm, agree
-    from bioprune.engine.selection_report import FASTA, write_fasta, write_outputs
-    from bioprune.engine.selection_rules import SelectionError, budget_from_fraction
+    from bioprune.engine.io.scores import ScoresError, read_share
+    from bioprune.engine.selection.exact import select
+    from bioprune.engine.selection.radix import Comm, agree
+    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+    from bioprune.engine.selection.rules import SelectionError, budget_from_fraction
 
     comm = Comm()
     t0 = time.perf_counter()
@@ -191,8 +187,8 @@ def run(args) -> int:
 
 
 def _open_corpus(args, n, comm):
-    from bioprune.engine.scores_io import ScoresError
-    from bioprune.engine.selection_dist import agree
+    from bioprune.engine.io.scores import ScoresError
+    from bioprune.engine.selection.radix import agree
 
     s = corpus_settings(args)
     corpus, err = None, None
@@ -203,7 +199,7 @@ def _open_corpus(args, n, comm):
     if err:
         raise ScoresError(err)
     try:
-        from bioprune.engine.corpus import load_corpus
+        from bioprune.engine.data.corpus import load_corpus
 
         corpus = load_corpus(s["paths"], s["molecule"], s["cache_dir"], column=s["column"],
                              id_column=s["id_column"])

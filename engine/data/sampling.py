@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import hashing
+from bioprune.engine.runtime import hashing
 
 
 def subset_size(n: int, size: int | None, fraction: float | None) -> int:

@@ -1,11 +1,11 @@
 """Benchmark of the distributed selector against the single-process NumPy approach.
 
-    python launch/bench_select.py                       # n = 10^8, 1 and 2 ranks + NumPy baseline
-    python launch/bench_select.py --n 10000000 --ranks 1 2 3 --no-baseline
+    python launch/bench/selection.py                       # n = 10^8, 1 and 2 ranks + NumPy baseline
+    python launch/bench/selection.py --n 10000000 --ranks 1 2 3 --no-baseline
 
 Each rank generates its own contiguous share of n float64 scores in-process (no files; score of
 corpus index i = round(-log(1 - u_i), 6) with u_i from hash(seed, i): exponential, with ties), then
-runs Top-I and CCI (budget 200,000 by default) through ``bioprune.engine.selection.select`` and
+runs Top-I and CCI (budget 200,000 by default) through ``bioprune.engine.selection.exact.select`` and
 records wall time (barrier to coreset on rank 0) and peak RSS (VmHWM, reset before each run via
 /proc/self/clear_refs) per rank. RSS "beyond baseline" = peak minus the RSS after imports, before
 the data existed, i.e. the share of (index, score) data plus the selector's own memory.
@@ -20,22 +20,20 @@ from __future__ import annotations
 import os
 import sys
 
-if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)   # launch/select.py would shadow the standard library's ``select``
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GEN_STREAM = 1000          # hash stream of the synthetic scores (not a selection stream)
@@ -99,7 +97,7 @@ def reset_peak() -> None:
 
 def generate(a: int, b: int, seed: int):
     """Corpus indices a..b-1 and their synthetic scores, chunk by chunk (no big temporaries)."""
-    from bioprune.engine.hashing import hash_keys, uniform
+    from bioprune.engine.runtime.hashing import hash_keys, uniform
 
     index = np.arange(a, b, dtype=np.int64)
     score = np.empty(b - a, dtype=np.float64)
@@ -113,9 +111,9 @@ def generate(a: int, b: int, seed: int):
 # ----------------------------------------------------------------------------- workers
 
 def worker(args) -> int:
-    from bioprune.engine import distributed
-    from bioprune.engine.selection import select
-    from bioprune.engine.selection_dist import Comm, tune_malloc
+    from bioprune.engine.runtime import distributed
+    from bioprune.engine.selection.exact import select
+    from bioprune.engine.selection.radix import Comm, tune_malloc
 
     distributed.init()
     tune_malloc()
@@ -151,8 +149,8 @@ def worker(args) -> int:
 
 def baseline(args) -> int:
     """The paper's public code's approach, one process: full argsort, a boolean pass per stratum."""
-    from bioprune.engine.selection_dist import tune_malloc
-    from bioprune.engine.selection_rules import strata_budgets
+    from bioprune.engine.selection.radix import tune_malloc
+    from bioprune.engine.selection.rules import strata_budgets
 
     tune_malloc()
     base = rss()
@@ -280,7 +278,7 @@ def report(args, results) -> None:
     if not one:
         return
     P = args.proj_ranks
-    from bioprune.engine.selection_dist import SLICE
+    from bioprune.engine.selection.radix import SLICE
 
     lat = args.proj_latency_us * 1e-6 * math.log2(P)
     bw = args.proj_bw_gbs * 1e9

@@ -79,7 +79,7 @@ class SquaredGradCollector:
         if missing:
             raise NotImplementedError(
                 f"no per-sample gradient rule covers {missing[:5]}: register one in "
-                "bioprune.engine.grad_sample.layers, or exclude them with --params")
+                "bioprune.engine.influence.grad_sample.layers, or exclude them with --params")
         return rules, uses
 
     def covers(self, p) -> bool:

@@ -8,7 +8,7 @@ Corpus index (DESIGN.md): the 0-based position of a record in the corpus — the
 order given, records in file order. Record numbers *within a file* (``source(i)``, error
 messages, generated ids) are 1-based.
 
-Inputs (see ``bioprune.engine.readers``): FASTA (.fasta/.fa/.fna/.faa, plain or .gz, multi-line
+Inputs (see ``bioprune.engine.data.readers``): FASTA (.fasta/.fa/.fna/.faa, plain or .gz, multi-line
 records; id = first word of the header), CSV (.csv[.gz]) / TSV (.tsv/.tab[.gz]) with a header
 row, Parquet (.parquet/.pq), a directory saved by ``datasets.Dataset.save_to_disk``, or
 ``DIR::SPLIT`` for one split of a saved ``DatasetDict``. Tables take the sequence from
@@ -36,17 +36,14 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .alphabets import Alphabet, get_alphabet
-from .atomic import atomic_path, write_json
-from .readers import CorpusError, InputSpec, RawBatch, iter_batches, resolve_input
+from bioprune.engine.data.alphabets import Alphabet, get_alphabet
+from bioprune.engine.io.atomic import atomic_path, write_json
+from bioprune.engine.data.readers import CorpusError, InputSpec, RawBatch, iter_batches, resolve_input
 
 __all__ = [
     "Corpus",
     "CorpusError",
     "load_corpus",
-    "molecule_of_model",
-    "data_dir",
-    "MODEL_MOLECULES",
 ]
 
 FORMAT_VERSION = 1
@@ -58,30 +55,6 @@ _FILES = {
     "ids": ("ids.u8", np.uint8),
     "id_offsets": ("id_offsets.i64", np.dtype("<i8")),
 }
-
-MODEL_MOLECULES = {"rnafm": "rna", "esmc": "protein"}
-
-
-def molecule_of_model(model_name: str) -> str:
-    """The molecule a model reads: ``"rnafm"`` -> ``"rna"``, ``"esmc"`` -> ``"protein"``.
-    A size suffix is allowed (``"esmc-300m"``, ``"rnafm_tiny"``)."""
-    key = str(model_name).lower()
-    if key in MODEL_MOLECULES:
-        return MODEL_MOLECULES[key]
-    for name, mol in MODEL_MOLECULES.items():
-        if key.startswith(name) and key[len(name)] in "-_:/":
-            return mol
-    raise ValueError(f"unknown model {model_name!r}; expected one of: {', '.join(MODEL_MOLECULES)}")
-
-
-def data_dir() -> Path:
-    """The shared sample-data directory: ``$BIOPRUNE_DATA``, else ``../shared/data`` relative
-    to the repository root."""
-    env = os.environ.get("BIOPRUNE_DATA")
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
-
 
 # --------------------------------------------------------------------------------------------
 # validation + normalisation of one batch
@@ -631,7 +604,7 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
     rank 0 builds while the other ranks wait at a barrier; then every rank opens it.
 
     A cache built from different inputs is an error (never silently reused)."""
-    from . import distributed
+    from bioprune.engine.runtime import distributed
 
     cache_dir = Path(cache_dir).absolute()
     err = None

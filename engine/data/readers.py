@@ -4,7 +4,7 @@ Hugging Face datasets saved with ``save_to_disk``.
 Every reader yields ``RawBatch`` objects: a batch of records in columnar form (one ``uint8``
 array of raw sequence bytes plus ``int64`` offsets, the same for ids), so that no per-record
 Python object is created on the hot path. Normalisation and validation against the molecule's
-alphabet happen in ``bioprune.engine.corpus``.
+alphabet happen in ``bioprune.engine.data.corpus``.
 
 Input syntax (``resolve_input``):
     * a file, format from its extension (case-insensitive):
@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .alphabets import WHITESPACE
+from bioprune.engine.data.alphabets import WHITESPACE
 
 __all__ = [
     "CorpusError",

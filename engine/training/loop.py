@@ -13,17 +13,17 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import distributed, hashing
-from .atomic import write_text
-from .batching import IGNORE, make_batch, per_sample_loss
+from bioprune.engine.runtime import distributed, hashing
+from bioprune.engine.io.atomic import write_text
+from bioprune.engine.data.batching import IGNORE, make_batch, per_sample_loss
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TrainSettings:
 def default_ds_config(stage: int) -> Path:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     kind = "bf16" if dev == "cuda" else "fp32"
-    path = DS_CONFIG_DIR / f"{dev}_zero{stage}_{kind}.json"
+    path = Path(str(files("bioprune.ds_configs") / f"{dev}_zero{stage}_{kind}.json"))
     if not path.exists():
         raise FileNotFoundError(f"no DeepSpeed config {path}; ZeRO stages are 0-3")
     return path
@@ -204,7 +204,7 @@ def export_weights(engine, bundle, directory) -> Path | None:
 
     Under ZeRO-3 the parameters are partitioned: gather them first. Every rank must call this.
     """
-    from .models import save_state
+    from bioprune.engine.models import save_state
 
     stage = engine.zero_optimization_stage()
     module = engine.module

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import distributed
-from .batching import Batch, length_sorted_batches, make_batch, per_sample_loss
-from .grad_sample import Mode, SquaredGradCollector
+from bioprune.engine.runtime import distributed
+from bioprune.engine.data.batching import Batch, length_sorted_batches, make_batch, per_sample_loss
+from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
 
 DEFAULT_DAMPING = 1e-8
 

@@ -85,6 +85,11 @@ class RnaFmMLM(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)["logits"]
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last-layer token representations (B, L, D); pad positions are not attended to."""
+        layers = self.net.num_layers
+        return self.net(tokens, repr_layers=[layers])["representations"][layers]
+
 
 class EsmcMLM(nn.Module):
     def __init__(self, net: nn.Module):
@@ -93,6 +98,10 @@ class EsmcMLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(sequence_tokens=tokens).sequence_logits
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Last-layer token representations (B, L, D); pad positions are not attended to."""
+        return self.net(sequence_tokens=tokens).embeddings
 
 
 def init_from_scratch(module: nn.Module) -> None:
@@ -258,7 +267,7 @@ def save_model(bundle: ModelBundle, directory: str | Path) -> Path:
 def save_state(state: dict, config: dict, directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
-    from .atomic import atomic_path, write_json
+    from bioprune.engine.io.atomic import atomic_path, write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

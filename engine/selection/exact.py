@@ -33,14 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .hashing import SELECT, hash_keys
-from .scores_io import ScoresError
-from .selection_dist import (
+from bioprune.engine.runtime.hashing import SELECT, hash_keys
+from bioprune.engine.io.scores import ScoresError
+from bioprune.engine.selection.radix import (
     KEEP, NBINS, NONFINITE_DIGITS, TAKE, Comm, agree, check_permutation, chunks, decode_desc,
     encode_desc, key_digits, lut_from_hist, nonfinite_error, radix_take, radix_values,
     tune_malloc,
 )
-from .selection_rules import (
+from bioprune.engine.selection.rules import (
     STRATEGIES, SelectionError, budget_range, check_budget, check_strata, cut_size,
     quantile_rank, stratum_edges, strata_budgets,
 )
@@ -288,8 +288,8 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
                        **kwargs) -> SelectionResult:
     """Collective: read this rank's share of a finished scores directory and :func:`select`.
     Give ``budget`` or ``fraction`` (budget = floor(fraction * n))."""
-    from .scores_io import read_share
-    from .selection_rules import budget_from_fraction
+    from bioprune.engine.io.scores import read_share
+    from bioprune.engine.selection.rules import budget_from_fraction
 
     comm = comm or Comm()
     if (budget is None) == (fraction is None):

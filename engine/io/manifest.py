@@ -10,7 +10,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from .atomic import write_json
+from bioprune.engine.io.atomic import write_json
 
 PACKAGES = ("bioprune", "torch", "deepspeed", "rna-fm", "esm", "triton", "numpy", "pyarrow",
             "safetensors", "transformers", "datasets")

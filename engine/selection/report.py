@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, save_npy, write_json
+from bioprune.engine.io.atomic import atomic_path, save_npy, write_json
 
 CORESET = "coreset.npy"
 REPORT = "selection.json"

@@ -10,7 +10,7 @@ weight gradient of the same shapes, ``(O, B·T) @ (B·T, I)``. Both do 2·B·T·
 fused kernels only differ in their epilogue (square per sample and reduce), so "× GEMM" close
 to 1 means the fusion is free. Results are checked against the reference before timing.
 
-On a CUDA machine (``python launch/bench_kernels.py``) it times the Triton kernels, the
+On a CUDA machine (``python launch/bench/kernels.py``) it times the Triton kernels, the
 GEMM and the PyTorch reference path with ``triton.testing.do_bench`` (median, L2 flushed
 between runs) at B = 16, T = 512, bf16. Goal on an H100: kernel ≤ 1.4 × GEMM and ≥ 3 ×
 faster than the PyTorch path. The first call per shape autotunes (about a minute in all).
@@ -27,21 +27,17 @@ from __future__ import annotations
 import os
 import sys
 
-# Running a file puts its folder first on sys.path, and launch/ has select.py (the selection
-# entry point), which would shadow the standard library's select module that torch imports.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
 
-import torch  # noqa: E402
+import torch
 
-from bioprune.kernels import fisher_accumulate, weighted_sq_norm  # noqa: E402
+from bioprune.kernels import fisher_accumulate, weighted_sq_norm
 
 MODELS = {
     # O × I of every distinct linear layer

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import hashing
-from .models import ModelBundle
+from bioprune.engine.runtime import hashing
+from bioprune.engine.models import ModelBundle
 
 IGNORE = -100  # label of positions without loss (torch.nn.functional.cross_entropy's ignore_index)
 MASK_FRACTION = 0.15

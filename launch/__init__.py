@@ -1,0 +1,1 @@
+"""bioprune.launch: the entry points (`deepspeed launch/<name>.py`, or the bioprune-* commands)."""

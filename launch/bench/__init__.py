@@ -1,0 +1,1 @@
+"""Benchmarks: `python launch/bench/<name>.py` (scoring, kernels, selection); each prints its numbers."""
