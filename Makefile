@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ESM_RUNTIME := attrs biopython biotite brotli cloudpathlib einops httpx msgpack-numpy pandas \
                scikit-learn tenacity zstd
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-esm2 test bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ $(STAMP): setup.py Makefile
 
 demo: install
 	$(PY) launch/demo.py --out runs/demo
+
+demo-esm2: install
+	$(PY) launch/demo.py --model esm2 --out runs/demo-esm2
 
 test: install
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests; rc=$$?; \

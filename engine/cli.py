@@ -42,10 +42,16 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=MODEL_NAMES, default="rnafm",
-                   help="rnafm: fm.BioBertModel (RNA); esmc: esm.models.esmc.ESMC (protein)")
+    g.add_argument("--model", type=_model_name, default="rnafm", metavar="{" + ",".join(MODEL_NAMES) + "}",
+                   help="rnafm: fm.BioBertModel (RNA); esmc: esm.models.esmc.ESMC (protein); "
+                        "esm2: Hugging Face EsmForMaskedLM with the published ESM-2 "
+                        "architectures (protein); hf: any local AutoModelForMaskedLM directory "
+                        "(give --hf-path DIR, or write --model hf:DIR)")
     sizes = "; ".join(f"{m}: {', '.join(s)}" for m, s in SIZES.items())
     g.add_argument("--model-size", default="tiny", help=f"architecture size ({sizes})")
+    g.add_argument("--hf-path", default=None, metavar="DIR",
+                   help="with --model hf: a local Hugging Face model directory (config.json, "
+                        "tokenizer files, and weights unless it is to be trained from scratch)")
     g.add_argument("--checkpoint", default=None, metavar="FILE",
                    help="local weights: a state dict (.safetensors/.pt) or the released "
                         "RNA-FM_pretrained.pth; nothing is ever downloaded")
@@ -67,6 +73,13 @@ def add_deepspeed_args(p: argparse.ArgumentParser) -> None:
     deepspeed.add_config_arguments(p)
 
 
+def _model_name(value: str) -> str:
+    if value in MODEL_NAMES or value.startswith("hf:"):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown model {value!r}; choose one of "
+                                     f"{', '.join(MODEL_NAMES)} (hf:DIR for a local directory)")
+
+
 def resolve(path: str | None) -> Path | None:
     return None if path is None else Path(path).expanduser().absolute()
 
@@ -86,7 +99,18 @@ def model_inputs(args: argparse.Namespace):
     from bioprune.engine.models.inputs import ModelInputs
 
     data = [str(resolve(d)) if "::" not in d else d for d in args.data]
-    return settings_from_args(ModelInputs, args, data=data)
+    model, size = args.model, args.model_size
+    if model.startswith("hf:"):
+        model, size = "hf", model[3:]
+    if getattr(args, "hf_path", None):
+        model, size = "hf", args.hf_path
+    if model == "hf":
+        if size == "tiny":   # the default size: no directory was given
+            from bioprune.engine.runtime.errors import fail
+
+            fail("--model hf needs --hf-path DIR (a local Hugging Face model directory)")
+        size = str(resolve(size))
+    return settings_from_args(ModelInputs, args, data=data, model=model, model_size=size)
 
 
 def main_of(parse_args, run):

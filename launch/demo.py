@@ -1,6 +1,7 @@
-"""The whole chain on the sample RNA data, on 2 CPU ranks: score → select (CCI, Top-I) → pretrain.
+"""The whole chain on the sample data, on 2 CPU ranks: score → select (CCI, Top-I) → pretrain.
 
-    make demo            # = python launch/demo.py --out runs/demo
+    make demo            # = python launch/demo.py --out runs/demo          (tiny RNA-FM, RNA)
+    make demo-esm2       # = python launch/demo.py --model esm2 --out runs/demo-esm2  (proteins)
 
 Every step is the real entry point started through the real ``deepspeed`` launcher, exactly as
 on a cluster; this script only strings them together and prints a summary.
@@ -18,17 +19,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def data_files() -> list[str]:
+# the sample corpus of each molecule: all six RNA files, or the NetSurfP proteins
+CORPUS = {"rna": ["rna/archiveII.csv", "rna/bprna_nf15.csv", "rna/rnacentral_sample.fasta",
+                  "rna/rfam_RF00001.fasta", "rna/rfam_RF00005.fasta", "rna/rfam_RF00010.fasta"],
+          "protein": ["protein/netsurfp_ss3.csv"]}
+
+
+def data_files(molecule: str) -> list[str]:
     from bioprune.engine.data.paths import data_dir
 
-    rna = data_dir() / "rna"
-    names = ["archiveII.csv", "bprna_nf15.csv", "rnacentral_sample.fasta", "rfam_RF00001.fasta",
-             "rfam_RF00005.fasta", "rfam_RF00010.fasta"]
-    missing = [n for n in names if not (rna / n).exists()]
+    root = data_dir()
+    missing = [n for n in CORPUS[molecule] if not (root / n).exists()]
     if missing:
-        raise SystemExit(f"error: sample data missing in {rna}: {missing}; set BIOPRUNE_DATA to "
+        raise SystemExit(f"error: sample data missing in {root}: {missing}; set BIOPRUNE_DATA to "
                          "the folder holding rna/ and protein/")
-    return [str(rna / n) for n in names]
+    return [str(root / n) for n in CORPUS[molecule]]
 
 
 def launch(script: str, args: list[str], ranks: int) -> float:
@@ -47,6 +52,9 @@ def launch(script: str, args: list[str], ranks: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="where everything lands")
+    p.add_argument("--model", choices=("rnafm", "esmc", "esm2"), default="rnafm",
+                   help="the tiny model of this family; its molecule picks the sample corpus "
+                        "(rnafm: the RNA files; esmc, esm2: the NetSurfP proteins)")
     p.add_argument("--ranks", type=int, default=2, help="CPU ranks per step")
     p.add_argument("--fraction", type=float, default=0.1, help="coreset size as a corpus fraction")
     p.add_argument("--subset-size", type=int, default=2000, help="D_sub size")
@@ -54,8 +62,10 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-epochs", type=int, default=1, help="epochs on the CCI coreset")
     args = p.parse_args(argv)
     out = Path(args.out).absolute()
-    data = data_files()
-    common = ["--data", *data, "--model", "rnafm", "--model-size", "tiny",
+    from bioprune.engine.models import MOLECULE
+
+    data = data_files(MOLECULE[args.model])
+    common = ["--data", *data, "--model", args.model, "--model-size", "tiny",
               "--max-length", str(args.max_length), "--corpus-cache", str(out / "corpus")]
     wall = {}
     t0 = time.time()

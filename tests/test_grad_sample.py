@@ -32,7 +32,7 @@ def _close(a, b, scale, rtol=1e-5):
     return (a - b).norm().item() <= rtol * max(b.norm().item(), 1e-6 * scale)
 
 
-@pytest.mark.parametrize("name", ["rnafm", "esmc"])
+@pytest.mark.parametrize("name", ["rnafm", "esmc", "esm2"])
 @pytest.mark.parametrize("order", [[0, 1, 2, 3, 4, 5, 6], [6, 2, 4], [5, 0]])
 def test_squared_per_sample_grads_match_torch_func(name, order):
     bundle, corpus = _setup(name)
@@ -50,7 +50,7 @@ def test_squared_per_sample_grads_match_torch_func(name, order):
         assert _close(squared[n], ref[n].square(), scale), n
 
 
-@pytest.mark.parametrize("name", ["rnafm", "esmc"])
+@pytest.mark.parametrize("name", ["rnafm", "esmc", "esm2"])
 def test_fisher_and_scores_match_torch_func(name):
     bundle, corpus = _setup(name)
     params = trainable_parameters(bundle.module)

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-MOLECULE = {"rnafm": "rna", "esmc": "protein"}   # model family -> the molecule it reads
+MOLECULE = {"rnafm": "rna", "esmc": "protein", "esm2": "protein"}   # family -> its molecule
+# (a Hugging Face directory, family "hf", says its molecule through its vocabulary)
 
 
 @dataclass
@@ -28,10 +29,11 @@ class ModelBundle:
     # modules whose activations are laid out (T, B, ...) instead of (B, T, ...)
     time_first: tuple[str, ...] = field(default_factory=tuple)
     config: dict = field(default_factory=dict)
+    tokenizer: object = None      # Hugging Face families: saved beside exported weights
 
     @property
     def molecule(self) -> str:
-        return MOLECULE[self.name]
+        return self.config.get("molecule") or MOLECULE[self.name]
 
     def is_time_first(self, module_name: str) -> bool:
         return any(module_name == p or module_name.startswith(p + ".") for p in self.time_first)

@@ -28,7 +28,8 @@ def load_weights(module: nn.Module, path: str) -> None:
     if not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not _is_tied_alias(module, k)]
+    tied = _tied_aliases(module, set(state))
+    missing = [k for k in own if k not in state and k not in tied]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ValueError(
@@ -37,24 +38,36 @@ def load_weights(module: nn.Module, path: str) -> None:
     module.load_state_dict({k: v for k, v in state.items()}, strict=False)
 
 
-def _is_tied_alias(module: nn.Module, key: str) -> bool:
-    # RobertaLMHead.weight is embed_tokens.weight; a file that stores it once is complete.
-    return key.endswith("lm_head.weight")
+def _tied_aliases(module: nn.Module, present) -> set[str]:
+    """State-dict keys that name the same tensor as a key in ``present`` (RNA-FM's LM projection
+    and ESM-2's decoder are the token embedding): a file that stores it once is complete."""
+    by_ptr: dict[int, list[str]] = {}
+    for k, v in module.state_dict(keep_vars=True).items():
+        by_ptr.setdefault(v.data_ptr(), []).append(k)
+    return {k for keys in by_ptr.values() if len(keys) > 1 and any(x in present for x in keys)
+            for k in keys if k not in present}
 
 
 def save_model(bundle, directory: str | Path) -> Path:
     """Write ``model.safetensors`` + ``config.json``: loadable with ``load_saved_model``, no DeepSpeed."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in bundle.module.state_dict().items()}
-    return save_state(state, bundle.config, directory)
+    return save_state(state, bundle.config, directory, bundle)
 
 
-def save_state(state: dict, config: dict, directory: str | Path) -> Path:
+def save_state(state: dict, config: dict, directory: str | Path, bundle=None) -> Path:
+    """Plain state dict + config; a Hugging Face family is written by ``save_pretrained``
+    (:func:`bioprune.engine.models.hf.save_hf`) so that ``from_pretrained`` loads it too."""
     from safetensors.torch import save_file
 
     from bioprune.engine.io.atomic import atomic_path, write_json
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if bundle is not None and bundle.tokenizer is not None:
+        from bioprune.engine.models.hf import save_hf
+
+        save_hf(bundle, state, directory)
+        return directory
     # tied tensors (RNA-FM's embedding and LM projection) are stored under both names
     state = {k: v.clone().contiguous() for k, v in state.items()}
     with atomic_path(directory / "model.safetensors") as tmp:
@@ -68,6 +81,10 @@ def load_saved_model(directory: str | Path):
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
+    if "bioprune_model" in config:   # a Hugging Face directory written by save_state
+        from bioprune.engine.models.hf import load_hf_dir
+
+        return load_hf_dir(directory, config)
     bundle = build_model(config["model"], config["size"])
     load_weights(bundle.module, str(directory / "model.safetensors"))
     return bundle

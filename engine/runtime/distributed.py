@@ -56,6 +56,27 @@ def init(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def single_process_group() -> None:
+    """DeepSpeed's engine needs a process group even in one plain process; its own set-up would
+    make one on port 29500 (MPI discovery overrides MASTER_PORT), which collides with any other
+    job on the machine. Make the 1-rank group here, on a free port, unless one exists."""
+    if dist.is_available() and dist.is_initialized():
+        return
+    import socket
+
+    import deepspeed
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("LOCAL_RANK", "0")   # DeepSpeed's engine asserts it is set
+    deepspeed.init_distributed(dist_backend=default_backend(), auto_mpi_discovery=False,
+                               verbose=False, rank=0, world_size=1)
+    atexit.register(finalize)
+
+
 def share_cpu_cores() -> None:
     """CPU ranks on one machine split its cores: several ranks each running a full-width
     OpenMP pool oversubscribe the cores, and spinning threads then run ~10x slower."""

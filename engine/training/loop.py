@@ -81,6 +81,7 @@ def make_engine(bundle, settings: TrainSettings):
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=settings.warmup_steps)
 
     params = [p for p in bundle.module.parameters() if p.requires_grad]
+    distributed.single_process_group()
     engine, _, _, _ = deepspeed.initialize(
         model=bundle.module, model_parameters=params, config=cfg, lr_scheduler=schedule)
     engine.bioprune_config_source = source
@@ -228,7 +229,7 @@ def export_weights(engine, bundle, directory) -> Path | None:
             state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
     else:
         state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    out = save_state(state, bundle.config, directory) if distributed.is_main() else None
+    out = save_state(state, bundle.config, directory, bundle) if distributed.is_main() else None
     distributed.barrier()
     return out
 

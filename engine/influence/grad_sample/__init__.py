@@ -6,4 +6,4 @@ hooks that call them live in one place (``collector.py``).
 """
 from .collector import Mode, SquaredGradCollector  # noqa: F401
 from .registry import handler_for, register  # noqa: F401
-from . import layers  # noqa: F401  (registers the built-in layer types)
+from . import hf_rules, layers  # noqa: F401  (register the built-in layer types)
