@@ -8,6 +8,20 @@ Masking: 15% of the residue positions (at least one) are chosen — exactly
 max(1, round(0.15·L)) of them, the ones with the smallest hash keys — then each chosen position
 becomes the mask token (80%), a uniformly random canonical residue (10%) or stays (10%).
 BOS/EOS/padding are never chosen and carry no loss.
+
+Expected loss over masks (DESIGN "Per-sample loss"; ``MaskPlan``): a sample's loss is the mean of
+its MLM losses under K masks, mask k a pure function of (mask seed, corpus index, k). Two kinds:
+
+- ``draws=K``: K independent random masks as above (mask 0 is the single mask of K = 1, which is
+  also the mask training draws for that seed);
+- ``covers=C``: C covers; a cover is a random partition of the residue positions into
+  ``COVER_PARTS`` = round(1/0.15) = 7 disjoint masks (the position of hash rank r goes to part
+  r mod 7) whose union is every position, so each residue is predicted exactly once per cover.
+  Sequences shorter than 7 residues repeat positions (part j = the position of rank j mod L).
+
+``make_batch`` lays the K masked copies of sample b out as rows b·K … b·K + K − 1 of one batch:
+each copy attends only to itself (as a separate sample), and the per-sample-gradient collector
+sums the copies' weight-gradient contributions of a sample before squaring.
 """
 from __future__ import annotations
 
@@ -24,18 +38,46 @@ if TYPE_CHECKING:   # data does not depend on models: a bundle is read by its fi
 
 IGNORE = -100  # label of positions without loss (torch.nn.functional.cross_entropy's ignore_index)
 MASK_FRACTION = 0.15
+COVER_PARTS = int(round(1 / MASK_FRACTION))  # 7 masks of ~14% make one cover
+_MASK_STRIDE = 1 << 40  # mask k's per-position keys: position + k·2^40 (positions < 2^40)
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """Which masks define a sample's loss: ``draws`` random masks, or ``covers`` mask covers.
+
+    ``seed`` is the mask seed (None: the run seed passed to ``make_batch``)."""
+    draws: int = 1
+    covers: int = 0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.covers < 0 or self.draws < 0 or (self.covers == 0 and self.draws < 1):
+            raise ValueError(f"mask plan needs draws >= 1 or covers >= 1 (got {self})")
+        if self.covers and self.draws not in (0, 1):
+            raise ValueError("give random mask draws or mask covers, not both")
+
+    @property
+    def copies(self) -> int:
+        """Masked copies of each sample, K: the cost of a pass relative to one mask."""
+        return self.covers * COVER_PARTS if self.covers else self.draws
+
+    def describe(self) -> dict:
+        return {"kind": "cover" if self.covers else "random", "draws": 0 if self.covers else self.draws,
+                "covers": self.covers, "copies": self.copies, "seed": self.seed}
 
 
 @dataclass
 class Batch:
     index: torch.Tensor    # (B,) int64 corpus indices
-    tokens: torch.Tensor   # (B, L) int64, padded with the model's pad id
-    labels: torch.Tensor   # (B, L) int64, IGNORE where no loss
+    tokens: torch.Tensor   # (B·K, L) int64, padded with the model's pad id; row b·K + k = mask k of b
+    labels: torch.Tensor   # (B·K, L) int64, IGNORE where no loss
     length: torch.Tensor   # (B,) int32 residues scored (after cropping)
+    copies: int = 1        # K, masked copies per sample
 
     def to(self, device) -> "Batch":
         return Batch(self.index, self.tokens.to(device, non_blocking=True),
-                     self.labels.to(device, non_blocking=True), self.length)
+                     self.labels.to(device, non_blocking=True), self.length, self.copies)
 
 
 def crop_window(seed: int, index: int, length: int, max_residues: int) -> tuple[int, int]:
@@ -51,15 +93,13 @@ def n_masked(length: int) -> int:
     return max(1, int(np.floor(MASK_FRACTION * length + 0.5)))
 
 
-def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: ModelBundle):
-    """Return (inputs, labels) for one sequence of residue tokens (no BOS/EOS)."""
+def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k: int,
+             bundle: "ModelBundle"):
+    """(inputs, labels) with positions ``chosen`` masked 80/10/10 (keys of mask k)."""
     L = token_ids.shape[0]
-    pos = np.arange(L)
-    keys = hashing.hash_keys2(seed, index, pos, hashing.MASK)
-    k = n_masked(L)
-    chosen = np.argsort(keys, kind="stable")[:k]
-    kind = hashing.uniform(hashing.hash_keys2(seed, index, chosen, hashing.MASK_KIND))
-    pick = hashing.hash_keys2(seed, index, chosen, hashing.MASK_RESIDUE)
+    at = chosen.astype(np.int64) + k * _MASK_STRIDE
+    kind = hashing.uniform(hashing.hash_keys2(seed, index, at, hashing.MASK_KIND))
+    pick = hashing.hash_keys2(seed, index, at, hashing.MASK_RESIDUE)
     rand_tok = bundle.random_residue_ids[(pick % np.uint64(len(bundle.random_residue_ids))).astype(np.int64)]
     inputs = token_ids.copy()
     labels = np.full(L, IGNORE, dtype=np.int64)
@@ -69,7 +109,37 @@ def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: ModelBun
     return inputs, labels
 
 
-def tokenize_residues(residues: np.ndarray, bundle: ModelBundle) -> np.ndarray:
+def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", k: int = 0):
+    """Return (inputs, labels) of random mask ``k`` of one sequence of residue tokens (no BOS/EOS)."""
+    L = token_ids.shape[0]
+    keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + k * _MASK_STRIDE,
+                              hashing.MASK)
+    chosen = np.argsort(keys, kind="stable")[:n_masked(L)]
+    return _corrupt(seed, index, token_ids, chosen, k, bundle)
+
+
+def cover_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", cover: int):
+    """The ``COVER_PARTS`` masks of cover ``cover``: [(inputs, labels)], masks k = cover·P + j."""
+    L, P = token_ids.shape[0], COVER_PARTS
+    keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + cover * _MASK_STRIDE,
+                              hashing.MASK_COVER)
+    rank_order = np.argsort(keys, kind="stable")      # positions by hash rank
+    out = []
+    for j in range(P):
+        chosen = rank_order[j::P] if L >= P else rank_order[[j % L]]
+        out.append(_corrupt(seed, index, token_ids, np.sort(chosen), cover * P + j, bundle))
+    return out
+
+
+def sample_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle",
+                 plan: MaskPlan):
+    """All K masked copies of one sequence under ``plan``: [(inputs, labels)] * K."""
+    if plan.covers:
+        return [m for c in range(plan.covers) for m in cover_masks(seed, index, token_ids, bundle, c)]
+    return [mask_sequence(seed, index, token_ids, bundle, k) for k in range(plan.draws)]
+
+
+def tokenize_residues(residues: np.ndarray, bundle: "ModelBundle") -> np.ndarray:
     ids = bundle.residue_lut[residues]
     if (ids < 0).any():
         bad = chr(int(residues[np.argmax(ids < 0)]))
@@ -77,28 +147,31 @@ def tokenize_residues(residues: np.ndarray, bundle: ModelBundle) -> np.ndarray:
     return ids
 
 
-def make_batch(corpus, indices, bundle: ModelBundle, seed: int, max_residues: int | None = None,
-               mask_seed: int | None = None) -> Batch:
+def make_batch(corpus, indices, bundle: "ModelBundle", seed: int, max_residues: int | None = None,
+               mask_seed: int | None = None, masks: MaskPlan | None = None) -> Batch:
     """Tokenise, crop, mask and pad the sequences ``indices`` of ``corpus``.
 
-    ``seed`` fixes the crops; ``mask_seed`` (default ``seed``) the masks, so training can draw
-    new masks every epoch while cropping stays put.
+    ``seed`` fixes the crops; ``mask_seed`` (default: ``masks.seed``, else ``seed``) the masks, so
+    training can draw new masks every epoch while cropping stays put. ``masks`` (default: one
+    random mask) gives each sample K masked copies, rows b·K … b·K + K − 1.
     """
     max_residues = min(max_residues or bundle.max_residues, bundle.max_residues)
-    mask_seed = seed if mask_seed is None else mask_seed
+    masks = masks or MaskPlan()
+    if mask_seed is None:
+        mask_seed = seed if masks.seed is None else masks.seed
     rows_in, rows_lab, lengths = [], [], []
     for i in indices:
         i = int(i)
         res = corpus.residues(i)
         a, b = crop_window(seed, i, len(res), max_residues)
         toks = tokenize_residues(res[a:b], bundle)
-        inp, lab = mask_sequence(mask_seed, i, toks, bundle)
-        rows_in.append(inp)
-        rows_lab.append(lab)
+        for inp, lab in sample_masks(mask_seed, i, toks, bundle, masks):
+            rows_in.append(inp)
+            rows_lab.append(lab)
         lengths.append(b - a)
-    B, L = len(rows_in), max(lengths) + 2
-    tokens = np.full((B, L), bundle.pad_id, dtype=np.int64)
-    labels = np.full((B, L), IGNORE, dtype=np.int64)
+    R, L = len(rows_in), max(lengths) + 2
+    tokens = np.full((R, L), bundle.pad_id, dtype=np.int64)
+    labels = np.full((R, L), IGNORE, dtype=np.int64)
     for r, (inp, lab) in enumerate(zip(rows_in, rows_lab)):
         n = len(inp)
         tokens[r, 0] = bundle.bos_id
@@ -108,7 +181,7 @@ def make_batch(corpus, indices, bundle: ModelBundle, seed: int, max_residues: in
     return Batch(
         index=torch.from_numpy(np.array(indices, dtype=np.int64)),
         tokens=torch.from_numpy(tokens), labels=torch.from_numpy(labels),
-        length=torch.as_tensor(np.asarray(lengths, dtype=np.int32)))
+        length=torch.as_tensor(np.asarray(lengths, dtype=np.int32)), copies=masks.copies)
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -119,6 +192,13 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         reduction="none").reshape(B, L)
     n = (labels != IGNORE).sum(1).clamp_min(1)
     return ce.sum(1) / n
+
+
+def expected_loss(logits: torch.Tensor, labels: torch.Tensor, copies: int = 1) -> torch.Tensor:
+    """ℓ(z) = (1/K) Σ_k ℓ_k(z): the per-copy losses of ``per_sample_loss`` averaged over each
+    sample's K consecutive rows, (B,) fp32."""
+    loss = per_sample_loss(logits, labels)
+    return loss if copies == 1 else loss.view(-1, copies).mean(1)
 
 
 def length_sorted_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int):

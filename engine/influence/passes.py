@@ -1,8 +1,12 @@
 """The two passes over sequences at the adapted parameters θ̃ (DESIGN steps 2 and 3).
 
 - ``fisher_pass``: F = (1/M) Σ_m g_m ⊙ g_m over D_sub (Eq. 9), the sum all-reduced across ranks.
-- ``score_batch``: I(z) = Σ_j g_{z,j}² / (F_j + λ) (Eq. 11) for one batch, with the per-sample
-  MLM loss ℓ(z, θ̃).
+- ``Scorer``: I(z) = Σ_j g_{z,j}² / (F_j + λ) (Eq. 11) per batch, with the per-sample
+  MLM loss ℓ(z, θ̃) and the score mass per parameter group (diagnostics).
+
+ℓ(z) is the expected MLM loss over the masks of a ``MaskPlan`` (K masked copies per sample);
+g(z) = ∇θ ℓ(z) sums the copies' gradients before any squaring (see ``grad_sample.collector``).
+Fisher and scores must use the same plan. Weights w = 1/(F + λ) come from ``damping``.
 
 Both run the model in eval mode with every parameter frozen; per-sample gradient information
 comes from ``grad_sample.SquaredGradCollector``.
@@ -14,19 +18,22 @@ import torch
 import torch.distributed as dist
 
 from bioprune.engine.runtime import distributed
-from bioprune.engine.data.batching import Batch, length_sorted_batches, make_batch, per_sample_loss
+from bioprune.engine.data.batching import (Batch, MaskPlan, expected_loss, length_sorted_batches,
+                                           make_batch)
+from bioprune.engine.influence.damping import REFERENCE_DAMPING, influence_weights  # noqa: F401
 from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
 
-DEFAULT_DAMPING = 1e-8
+DEFAULT_DAMPING = REFERENCE_DAMPING  # absolute λ of --damping (used with --damping-mode absolute)
 
 
 def _backward_pass(bundle, batch: Batch, collector: SquaredGradCollector, autocast_dtype=None):
     tokens = batch.tokens
     with torch.autocast(tokens.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = bundle.module(tokens)
-    loss = per_sample_loss(logits, batch.labels)
-    # Σ_b ℓ_b: samples do not interact, so the output gradient seen by each layer for sample b
-    # is exactly that of ℓ_b alone.
+    loss = expected_loss(logits, batch.labels, batch.copies)
+    # Σ_b ℓ_b: samples (and a sample's copies) do not interact, so the output gradient seen by
+    # each layer for row b·K + k is exactly that of ℓ_b alone through copy k.
+    collector.copies = batch.copies
     loss.sum().backward()
     collector.flush()
     return loss.detach()
@@ -34,14 +41,14 @@ def _backward_pass(bundle, batch: Batch, collector: SquaredGradCollector, autoca
 
 def fisher_pass(bundle, corpus, subset: np.ndarray, params, *, seed: int, max_residues: int,
                 micro_batch_size: int, device, backend=None, autocast_dtype=None,
-                progress=None) -> dict[str, torch.Tensor]:
+                progress=None, masks: MaskPlan | None = None) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher over ``subset`` (every rank passes its own share of D_sub)."""
     bundle.module.to(device).eval()
     # collectives run on the backend's device (NCCL takes CUDA tensors only)
     n_local = torch.tensor([len(subset)], dtype=torch.float64, device=device)
     with SquaredGradCollector(bundle, params, Mode.FISHER, backend=backend) as col:
         for idx in length_sorted_batches(np.asarray(subset), corpus.lengths, micro_batch_size):
-            batch = make_batch(corpus, idx, bundle, seed, max_residues).to(device)
+            batch = make_batch(corpus, idx, bundle, seed, max_residues, masks=masks).to(device)
             _backward_pass(bundle, batch, col, autocast_dtype)
             if progress is not None:
                 progress.update(len(idx))
@@ -56,23 +63,21 @@ def fisher_pass(bundle, corpus, subset: np.ndarray, params, *, seed: int, max_re
     return {n: t / M for n, t in fisher.items()}
 
 
-def influence_weights(fisher: dict[str, torch.Tensor], damping: float, device) -> dict[str, torch.Tensor]:
-    """w = 1/(F + λ), fp32, per covered parameter."""
-    if not damping > 0:
-        raise ValueError(f"damping must be > 0 (got {damping})")
-    return {n: (1.0 / (f.double() + damping)).float().to(device) for n, f in fisher.items()}
-
-
 class Scorer:
-    """Scores batches at θ̃ with the weights of ``influence_weights``; reusable across batches."""
+    """Scores batches at θ̃ with the weights of ``damping.influence_weights``; reusable across
+    batches. ``groups`` ({name: group}) turns on the per-group score mass (``take_group_mass``)."""
 
     def __init__(self, bundle, params, weights, *, seed: int, max_residues: int, device,
-                 backend=None, autocast_dtype=None):
+                 backend=None, autocast_dtype=None, masks: MaskPlan | None = None,
+                 groups: dict[str, str] | None = None):
         self.bundle, self.seed, self.max_residues = bundle, seed, max_residues
-        self.device, self.autocast_dtype = device, autocast_dtype
+        self.device, self.autocast_dtype, self.masks = device, autocast_dtype, masks
         bundle.module.to(device).eval()
         self.collector = SquaredGradCollector(bundle, params, Mode.SCORE, weights=weights,
-                                              backend=backend)
+                                              backend=backend, groups=groups)
+
+    def take_group_mass(self) -> dict[str, float]:
+        return self.collector.take_group_mass()
 
     def __enter__(self):
         self.collector.__enter__()
@@ -82,7 +87,8 @@ class Scorer:
         return self.collector.__exit__(*exc)
 
     def score_indices(self, corpus, indices) -> dict[str, np.ndarray]:
-        batch = make_batch(corpus, indices, self.bundle, self.seed, self.max_residues).to(self.device)
+        batch = make_batch(corpus, indices, self.bundle, self.seed, self.max_residues,
+                           masks=self.masks).to(self.device)
         loss = _backward_pass(self.bundle, batch, self.collector, self.autocast_dtype)
         scores = self.collector.take_scores()
         return {

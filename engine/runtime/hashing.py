@@ -21,6 +21,7 @@ MASK_RESIDUE = 4  # the random residue
 CROP = 5     # crop window of over-long sequences
 SHUFFLE = 6  # training order
 HELDOUT = 7  # held-out evaluation sequences of pretraining
+MASK_COVER = 8  # the random partition of a mask cover (scoring with --mask-cover)
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -20,6 +20,19 @@ Modes:
 
 A parameter used by more than one layer (RNA-FM's token embedding is also its LM projection)
 has its per-sample gradient materialised from every use, summed, and only then squared.
+
+Several masked copies per sample (``copies`` = K, rows b·K … b·K + K − 1 of the batch, see
+``data.batching.MaskPlan``): the sample's gradient is the SUM over its copies (the loss is their
+mean; autograd already scales each row by 1/K), squared only after summing. A linear layer's
+per-sample weight gradient G_b = Σ_k D_bkᵀ X_bk is D_bᵀ X_b over the copies' rows laid end to end
+along the token axis, so the kernels see one longer sample per b: exact, and no kernel change.
+(Concatenating the copies in the *input* instead would let them attend to each other and shift
+their positions — a different function; here each copy runs as its own row.) Materialised
+contributions are summed over the K rows; a table whose rows every copy indexes identically
+(learned positions) sums d over the copies first.
+
+Diagnostics: in SCORE mode ``group_mass[group]`` accumulates Σ_b of each parameter group's part
+of the scores (``groups``: {parameter name: group}).
 """
 from __future__ import annotations
 
@@ -40,8 +53,12 @@ class Mode(enum.Enum):
 
 class SquaredGradCollector:
     def __init__(self, bundle, params: list[tuple[str, nn.Parameter]], mode: Mode,
-                 weights: dict[str, torch.Tensor] | None = None, backend: str | None = None):
+                 weights: dict[str, torch.Tensor] | None = None, backend: str | None = None,
+                 groups: dict[str, str] | None = None):
         self.bundle, self.mode, self.backend = bundle, mode, backend
+        self.copies = 1  # masked copies per sample in the current batch (set before backward)
+        self.group_of = {id(p): (groups or {}).get(n, "other") for n, p in params}
+        self.group_mass: dict[str, float] = {}
         self.model: nn.Module = bundle.module
         self.names = {id(p): n for n, p in params}
         self.params = dict(params)
@@ -152,26 +169,46 @@ class SquaredGradCollector:
         if time_first:
             x = x.transpose(0, 1)
             d = d.transpose(0, 1)
-        B = d.shape[0]
+        R = d.shape[0]
         if self._batch_size is None:
-            self._batch_size = B
+            if R % self.copies:
+                raise RuntimeError(f"{R} rows is not a whole number of {self.copies} copies")
+            self._batch_size = R
             if self.mode is Mode.SCORE:
-                self.scores = torch.zeros(B, dtype=torch.float64, device=d.device)
-        elif B != self._batch_size:
-            raise RuntimeError(f"layer batch size {B} != {self._batch_size}: wrong time_first layout?")
+                self.scores = torch.zeros(R // self.copies, dtype=torch.float64, device=d.device)
+        elif R != self._batch_size:
+            raise RuntimeError(f"layer batch size {R} != {self._batch_size}: wrong time_first layout?")
         self._backwards += 1
         rule.fn(module, x, d, self)
 
+    def _join_copies(self, t: torch.Tensor) -> torch.Tensor:
+        """(B·K, T, F) rows → (B, K·T, F): a sample's copies end to end along the token axis."""
+        K = self.copies
+        if K == 1:
+            return t
+        return t.reshape(t.shape[0] // K, K * t.shape[1], *t.shape[2:])
+
+    def _sum_copies(self, g: torch.Tensor) -> torch.Tensor:
+        """(B·K, ...) per-row contributions → (B, ...) per-sample sums."""
+        K = self.copies
+        return g if K == 1 else g.reshape(g.shape[0] // K, K, *g.shape[1:]).sum(1)
+
+    def _score_part(self, p, s: torch.Tensor) -> None:
+        s = s.double()
+        self.scores += s
+        g = self.group_of[id(p)]
+        self.group_mass[g] = self.group_mass.get(g, 0.0) + s.sum()  # a tensor: no device sync
+
     def linear(self, weight, bias, x, d) -> None:
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        d = d.reshape(d.shape[0], -1, d.shape[-1])
+        x = self._join_copies(x.reshape(x.shape[0], -1, x.shape[-1]))
+        d = self._join_copies(d.reshape(d.shape[0], -1, d.shape[-1]))
         w_cov, b_cov = self.covers(weight), self.covers(bias)
         fused_w = w_cov and self._uses[id(weight)] == 1 and self.mode is not Mode.PER_SAMPLE
         fused_b = b_cov and self._uses[id(bias)] == 1 and self.mode is not Mode.PER_SAMPLE
         if w_cov and not fused_w:
-            self.add(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
+            self._add_sample(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
         if b_cov and not (fused_w and fused_b):  # the bias rides along only with a fused weight
-            self.add(bias, d.float().sum(1))
+            self._add_sample(bias, d.float().sum(1))
         if not fused_w:
             return
         from bioprune.kernels import fisher_accumulate, weighted_sq_norm
@@ -184,15 +221,26 @@ class SquaredGradCollector:
             s = weighted_sq_norm(x, d, self.weights[id(weight)],
                                  bias_weight=self.weights[id(bias)] if fused_b else None,
                                  backend=self.backend)
-            self.scores += s.double()
+            self._score_part(weight, s)
 
     def unique_rows(self, p, idx: torch.Tensor, d: torch.Tensor, skip: int | None) -> None:
         """A table whose row ``idx[b, t]`` gets gradient ``d[b, t]``, every row at most once per
-        sample (positions), except ``skip`` (padding) rows, which get none."""
+        row of the batch (positions), except ``skip`` (padding) rows, which get none."""
+        K = self.copies
+        if K > 1:
+            idx_k = idx.reshape(idx.shape[0] // K, K, *idx.shape[1:])
+            if bool((idx_k == idx_k[:, :1]).all()):
+                # every copy uses the same rows at the same places: G_b[idx_bt] = Σ_k d_bkt
+                idx, d = idx_k[:, 0], d.reshape(idx_k.shape[0], K, *d.shape[1:]).sum(1)
+            else:
+                from .layers import embedding_grad
+
+                self.add(p, embedding_grad(p, idx, d, skip))
+                return
         if self.mode is Mode.PER_SAMPLE or self._uses[id(p)] != 1:
             from .layers import embedding_grad
 
-            self.add(p, embedding_grad(p, idx, d, skip))
+            self._add_sample(p, embedding_grad(p, idx, d, skip))
             return
         sq = d.float().square()
         if skip is not None:
@@ -200,10 +248,14 @@ class SquaredGradCollector:
         if self.mode is Mode.FISHER:
             self.fisher[self.names[id(p)]].index_add_(0, idx.reshape(-1), sq.reshape(-1, sq.shape[-1]))
         else:
-            self.scores += (self.weights[id(p)][idx] * sq).sum((1, 2)).double()
+            self._score_part(p, (self.weights[id(p)][idx] * sq).sum((1, 2)))
 
     def add(self, p, g: torch.Tensor) -> None:
-        """A materialised per-sample gradient contribution (B, *p.shape) of parameter ``p``."""
+        """A materialised per-row gradient contribution (B·K, *p.shape) of parameter ``p``."""
+        self._add_sample(p, self._sum_copies(g))
+
+    def _add_sample(self, p, g: torch.Tensor) -> None:
+        """A materialised per-sample contribution (B, *p.shape), copies already summed."""
         if self._uses[id(p)] == 1:
             self._reduce(p, g)
         elif id(p) in self._pending:
@@ -217,7 +269,7 @@ class SquaredGradCollector:
         if self.mode is Mode.FISHER:
             self.fisher[name] += sq.sum(0)
         elif self.mode is Mode.SCORE:
-            self.scores += (sq * self.weights[id(p)]).flatten(1).sum(1).double()
+            self._score_part(p, (sq * self.weights[id(p)]).flatten(1).sum(1))
         else:
             self.squared[name] = sq
 
@@ -232,6 +284,12 @@ class SquaredGradCollector:
             self._reduce(self.params[self.names[pid]], g)
         self._pending.clear()
         self._batch_size = None
+
+    def take_group_mass(self) -> dict[str, float]:
+        """{group: Σ over the samples scored since the last call of that group's score part}."""
+        out = {g: float(v) for g, v in self.group_mass.items()}
+        self.group_mass = {}
+        return out
 
     def take_scores(self) -> torch.Tensor:
         s, self.scores = self.scores, None

@@ -1,0 +1,94 @@
+"""What a user needs to judge a score run (written into ``manifest.json``):
+
+- ``score_contributions``: the share of the total score mass Σ_z I(z) from each parameter group
+  (token embeddings, positional embeddings, attention q / k / v / qkv (fused) / out,
+  feed-forward, layer norms, LM head, other), fractions summing to 1;
+- ``length_spearman``: Spearman(score, length) over the scored sequences — a score that mostly
+  ranks by length makes CCI strata length bins;
+- covered / excluded parameter counts (see ``damping``).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from torch import nn
+
+GROUPS = ("token_embeddings", "positional_embeddings", "attention_q", "attention_k",
+          "attention_v", "attention_qkv", "attention_out", "feed_forward", "layer_norms",
+          "lm_head", "other")
+
+_HEAD = re.compile(r"(^|\.)(lm_head|sequence_head|cls\.predictions)(\.|$)")
+_LINEAR = [
+    ("attention_q", re.compile(r"(^|\.)(q_proj|query)$")),
+    ("attention_k", re.compile(r"(^|\.)(k_proj|key)$")),
+    ("attention_v", re.compile(r"(^|\.)(v_proj|value)$")),
+    ("attention_qkv", re.compile(r"(layernorm_qkv|qkv|in_proj)")),
+    ("attention_out", re.compile(r"(out_proj|attention\.output\.dense|attn\.o)$")),
+    ("feed_forward", re.compile(r"(fc1|fc2|ffn|intermediate|mlp|(^|\.)output\.dense)")),
+]
+
+
+def parameter_groups(module: nn.Module, params) -> dict[str, str]:
+    """{parameter name: group} for ``params`` (names as ``module.named_parameters`` gives them)."""
+    owner = {}
+    for mname, m in module.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            owner.setdefault(id(p), (mname, m))
+    out = {}
+    for name, p in params:
+        mname, m = owner.get(id(p), ("", None))
+        cls = type(m).__name__.lower() if m is not None else ""
+        if isinstance(m, nn.Embedding) or "embedding" in cls:
+            out[name] = ("positional_embeddings" if "position" in cls or "position" in mname
+                         else "token_embeddings")
+        elif _HEAD.search(mname):
+            out[name] = "lm_head"
+        elif isinstance(m, nn.LayerNorm) or "norm" in cls:
+            out[name] = "layer_norms"
+        elif isinstance(m, nn.Linear):
+            out[name] = next((g for g, rx in _LINEAR if rx.search(mname)), "other")
+        else:
+            out[name] = "other"
+    return out
+
+
+def contributions(mass: dict[str, float]) -> dict[str, float]:
+    """{group: fraction of the total} over every group in GROUPS (zeros kept), summing to 1."""
+    total = float(sum(mass.values()))
+    return {g: (float(mass.get(g, 0.0)) / total if total > 0 else 0.0) for g in GROUPS}
+
+
+def add_mass(acc: dict[str, float], mass: dict[str, float]) -> dict[str, float]:
+    for g, v in mass.items():
+        acc[g] = acc.get(g, 0.0) + float(v)
+    return acc
+
+
+def spearman(a, b) -> float:
+    """Spearman's ρ (average ranks for ties); nan with fewer than 2 distinct values."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def length_spearman(scores_dir, max_rows: int = 2_000_000) -> float:
+    """Spearman(score, length) over the parts of ``scores_dir`` (every row when there are at
+    most ``max_rows``, else the rows whose corpus index falls on a fixed stride)."""
+    from bioprune.engine.io import scores as scores_io
+
+    parts = scores_io.list_parts(scores_dir)
+    n = sum(scores_io.part_rows(p) for p in parts)
+    stride = max(1, -(-n // max_rows))
+    s, L = [], []
+    for p in parts:
+        cols = scores_io.read_scores(scores_dir, [p], ("index", "score", "length"))
+        keep = cols["index"] % stride == 0
+        s.append(cols["score"][keep])
+        L.append(cols["length"][keep])
+    if not s:
+        return float("nan")
+    return spearman(np.concatenate(s), np.concatenate(L))
