@@ -30,3 +30,29 @@ def per_sample_grads(bundle, corpus, indices, seed: int, max_residues: int | Non
         for n in names:
             out[n].append(g[n])
     return {n: torch.stack(v) for n, v in out.items()}
+
+
+def expected_per_sample_grads(bundle, corpus, indices, seed: int, masks, max_residues=None):
+    """{name: (B, *shape)} gradients of ℓ(z) = (1/K) Σ_k ℓ_k(z), the expected MLM loss over the
+    K masks of ``masks`` (a ``MaskPlan``): each masked copy runs alone through the functional
+    model (its own forward: copies never attend to each other), and torch.func differentiates
+    the mean of their losses — the definition the collector's summed copies must reproduce."""
+    model = bundle.module.eval()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss_fn(trainable, copies):
+        full = dict(params)
+        full.update(trainable)
+        losses = [per_sample_loss(functional_call(model, full, (tok[None],)), lab[None])[0]
+                  for tok, lab in copies]
+        return torch.stack(losses).mean()
+
+    out = {n: [] for n in names}
+    for i in indices:
+        b = make_batch(corpus, [int(i)], bundle, seed, max_residues, masks=masks)
+        copies = list(zip(b.tokens, b.labels))
+        g = grad(loss_fn)({n: params[n] for n in names}, copies)
+        for n in names:
+            out[n].append(g[n])
+    return {n: torch.stack(v) for n, v in out.items()}

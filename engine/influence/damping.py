@@ -8,7 +8,8 @@ I(z) = Σ_j g_zj² / (F_j + λ) over the *included* coordinates j:
 - **excluded** coordinates: covered entries that D_sub cannot estimate, F_j ≤ τ·mean(F) with the
   relative threshold τ (``exclude_below``; learned position rows beyond D_sub's lengths, tokens
   absent from D_sub). They get weight 0 and are counted, so they can never dominate a score
-  (with τ = 0 only exact zeros are excluded, which contribute nothing to D_sub's own scores);
+  (with τ = 0 only exact zeros are excluded, which contribute nothing to D_sub's own scores;
+  τ = None excludes nothing, the behaviour before: unseen coordinates weigh 1/λ);
 - λ: ``relative`` (default) λ = α·mean(F), the mean over every covered entry, so one α fits any
   model, corpus and precision; or ``absolute`` (the public reference code's λ = 1e-8).
 
@@ -33,7 +34,7 @@ class Damping:
     mode: str = "relative"            # "relative" | "absolute"
     alpha: float = DEFAULT_ALPHA      # relative: λ = alpha · mean(F)
     value: float = REFERENCE_DAMPING  # absolute: λ = value
-    exclude_below: float = DEFAULT_EXCLUDE_BELOW
+    exclude_below: float | None = DEFAULT_EXCLUDE_BELOW  # None: exclude nothing (the old way)
 
     def __post_init__(self):
         if self.mode not in ("relative", "absolute"):
@@ -42,7 +43,7 @@ class Damping:
             raise ValueError(f"relative damping needs alpha > 0 (got {self.alpha})")
         if self.mode == "absolute" and not self.value > 0:
             raise ValueError(f"damping must be > 0 (got {self.value})")
-        if not self.exclude_below >= 0:
+        if self.exclude_below is not None and not self.exclude_below >= 0:
             raise ValueError(f"exclusion threshold must be >= 0 (got {self.exclude_below})")
 
     def asdict(self) -> dict:
@@ -64,19 +65,20 @@ def resolve(fisher: dict[str, torch.Tensor], damping: Damping | float) -> dict:
     if not lam > 0:
         raise ValueError(f"effective damping λ = {lam} (mean Fisher {mean}): the Fisher is all "
                          "zero; check D_sub and the covered parameters")
-    threshold = damping.exclude_below * mean
+    threshold = -1.0 if damping.exclude_below is None else damping.exclude_below * mean
     included = sum(int((f.double() > threshold).sum()) for f in fisher.values())
     covered = sum(f.numel() for f in fisher.values())
     return {"mode": damping.mode, "alpha": damping.alpha if damping.mode == "relative" else None,
-            "lambda": lam, "exclude_below": damping.exclude_below, "threshold": threshold,
+            "lambda": lam, "exclude_below": damping.exclude_below,
+            "threshold": None if damping.exclude_below is None else threshold,
             "fisher_mean": mean, "included": included, "excluded": covered - included}
 
 
 def as_damping(damping: Damping | float) -> Damping:
-    """A bare float is absolute λ with only exact zeros excluded (the old behaviour)."""
+    """A bare float is absolute λ with nothing excluded (the behaviour before issue 10)."""
     if isinstance(damping, Damping):
         return damping
-    return Damping(mode="absolute", value=float(damping), exclude_below=0.0)
+    return Damping(mode="absolute", value=float(damping), exclude_below=None)
 
 
 def influence_weights(fisher: dict[str, torch.Tensor], damping: Damping | float, device
@@ -84,7 +86,8 @@ def influence_weights(fisher: dict[str, torch.Tensor], damping: Damping | float,
     """w_j = 1/(F_j + λ) for included j, 0 for excluded; fp32 on ``device``. The record of λ,
     the threshold and the counts is ``resolve(fisher, damping)``."""
     info = resolve(fisher, as_damping(damping))
-    lam, thr = info["lambda"], info["threshold"]
+    lam = info["lambda"]
+    thr = -1.0 if info["threshold"] is None else info["threshold"]
     weights = {}
     for n, f in fisher.items():
         f = f.double()
