@@ -18,7 +18,7 @@ import sys
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
                                  main_of, model_inputs, settings_from_args)
 from bioprune.engine.influence.pipeline import ScoreSettings, run_scoring
-from bioprune.engine.influence.passes import DEFAULT_DAMPING
+from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,11 +44,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--params", default=None, metavar="REGEX",
                    help="cover only parameters whose name matches this regex (default: every "
                         "trainable parameter; tied parameters count once)")
-    g.add_argument("--damping", type=float, default=DEFAULT_DAMPING,
-                   help="λ, absolute, added to the Fisher")
+    d = g.add_mutually_exclusive_group()
+    d.add_argument("--damping-alpha", type=float, default=DEFAULT_ALPHA, metavar="ALPHA",
+                   help="relative damping (the default): λ = ALPHA · mean(F) over the covered "
+                        "parameters")
+    d.add_argument("--damping", type=float, default=None, metavar="LAMBDA",
+                   help="absolute damping λ instead (the public reference code: 1e-8)")
+    g.add_argument("--exclude-below", type=float, default=DEFAULT_EXCLUDE_BELOW, metavar="TAU",
+                   help="coordinates with Fisher F <= TAU · mean(F) (not estimated by D_sub: "
+                        "positions beyond its lengths, absent residues) get weight 0 and are "
+                        "counted in the manifest; 0 excludes exact zeros only")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--mask-cover", type=int, default=None, metavar="C",
+                   help="per-sample loss = mean MLM loss over C mask covers, each a random "
+                        "partition of the residues into 7 masks (costs 7·C passes; default: 1)")
+    m.add_argument("--mask-draws", type=int, default=None, metavar="K",
+                   help="per-sample loss = mean MLM loss over K random 15%% masks instead "
+                        "(costs K passes; K = 1 is the single mask of the paper's code)")
+    g.add_argument("--mask-seed", type=int, default=None,
+                   help="seed of the scoring masks, which are functions of (mask seed, corpus "
+                        "index, k); default: --seed")
+    g.add_argument("--preset", choices=("reference",), default=None,
+                   help="reference: the public reference code's recipe, to compare with the "
+                        "paper — only the LM head's dense weight (lm_head.dense.weight), "
+                        "absolute λ = 1e-8, one random mask, nothing excluded (overrides "
+                        "--params/--damping*/--mask-*/--exclude-below)")
     g.add_argument("--seed", type=int, default=0,
                    help="fixes D_sub, crops and masks (as functions of seed and corpus index)")
-    g.add_argument("--micro-batch-size", type=int, default=16, help="sequences per batch per rank")
+    g.add_argument("--micro-batch-size", type=int, default=16,
+                   help="sequences per batch per rank; the Fisher and scoring passes take "
+                        "micro-batch / K sequences of K masked copies each (memory as for "
+                        "micro-batch single-mask rows)")
     g.add_argument("--chunk-size", type=int, default=4096,
                    help="corpus indices per score part (the unit of resume and of work sharing)")
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -41,8 +41,18 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert m["status"] == "finished" and m["world_size"] == 1
     n = m["counts"]["sequences"]
     assert n == 80
-    assert m["counts"]["subset"] == 32 and m["damping"] == 1e-8
-    assert m["parameters"]["covered"] == m["parameters"]["total"] > 0
+    assert m["counts"]["subset"] == 32
+    d = m["damping"]   # relative by default; the key-projection biases are not covered
+    assert d["mode"] == "relative" and d["lambda"] == pytest.approx(d["alpha"] * d["fisher_mean"])
+    zero = m["parameters"]["zero_gradient"]
+    assert zero["names"] and all(n.endswith("k_proj.bias") for n in zero["names"])
+    assert m["parameters"]["covered"] == m["parameters"]["total"] - zero["count"] > 0
+    c = m["counts"]
+    assert c["included_coordinates"] + c["excluded_coordinates"] == m["parameters"]["covered"]
+    assert m["masks"]["kind"] == "cover" and m["masks"]["copies"] == 7
+    assert sum(m["score_contributions"].values()) == pytest.approx(1.0)
+    assert m["score_contributions"]["positional_embeddings"] < 0.5
+    assert -1 <= m["length_spearman"] <= 1
     assert m["corpus"]["stats"]["ambiguity_codes"]  # bpRNA rows carry IUPAC codes
     subset = np.load(out / "subset.npy")
     assert subset.dtype == np.int64 and len(np.unique(subset)) == 32

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bioprune.engine.influence.passes import DEFAULT_DAMPING
+from bioprune.engine.data.batching import MaskPlan
+from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW, Damping
 from bioprune.engine.io import run_config
-from bioprune.engine.io.atomic import atomic_path, save_npy
+from bioprune.engine.io.atomic import atomic_path, save_npy, write_json
 from bioprune.engine.io.manifest import Manifest
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
 from bioprune.engine.runtime import distributed
@@ -29,7 +30,14 @@ from bioprune.engine.runtime.errors import fail
 RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
                "subset_size", "subset_fraction", "finetune_epochs", "finetune_lr",
                "finetune_warmup", "finetune_global_batch", "params", "damping", "seed",
-               "chunk_size", "precision")
+               "chunk_size", "precision", "damping_alpha", "exclude_below", "mask_draws",
+               "mask_cover", "mask_seed", "preset")
+
+DEFAULT_MASK_COVER = 1   # ℓ(z) = mean MLM loss over one mask cover (7 masks); see docs / bench
+# --preset reference: the public reference code's recipe (one LM-head matrix, absolute 1e-8,
+# one random mask, nothing excluded), to compare with the paper
+REFERENCE_PARAMS = r"(^|\.)(lm_head\.dense|sequence_head\.0)\.weight$"
+PRESETS = ("reference",)
 
 
 @dataclass
@@ -42,7 +50,13 @@ class ScoreSettings(ModelInputs):
     finetune_warmup: int = 50
     finetune_global_batch: int | None = None
     params: str | None = None
-    damping: float = DEFAULT_DAMPING
+    damping: float | None = None          # absolute λ; None: relative, λ = damping_alpha·mean(F)
+    damping_alpha: float = DEFAULT_ALPHA
+    exclude_below: float | None = DEFAULT_EXCLUDE_BELOW   # τ: F ≤ τ·mean(F) is excluded
+    mask_draws: int | None = None         # K random masks per sample (exclusive with mask_cover)
+    mask_cover: int | None = None         # C mask covers (default DEFAULT_MASK_COVER)
+    mask_seed: int | None = None          # default: seed
+    preset: str | None = None             # "reference"
     seed: int = 0
     micro_batch_size: int = 16
     chunk_size: int = 4096
@@ -69,9 +83,39 @@ class _Run:
     scored_here: int = 0             # sequences scored by this run (all ranks)
 
 
+def mask_plan(s: ScoreSettings) -> MaskPlan:
+    """The masks that define ℓ(z) for Fisher and scores (DESIGN "Per-sample loss")."""
+    seed = s.seed if s.mask_seed is None else s.mask_seed
+    if s.preset == "reference":
+        return MaskPlan(draws=1, seed=seed)
+    if s.mask_draws is not None and s.mask_cover is not None:
+        fail("give --mask-draws or --mask-cover, not both")
+    if s.mask_draws is not None:
+        if s.mask_draws < 1:
+            fail(f"--mask-draws must be >= 1 (got {s.mask_draws})")
+        return MaskPlan(draws=s.mask_draws, seed=seed)
+    cover = DEFAULT_MASK_COVER if s.mask_cover is None else s.mask_cover
+    if cover < 1:
+        fail(f"--mask-cover must be >= 1 (got {cover})")
+    return MaskPlan(covers=cover, seed=seed)
+
+
+def damping_of(s: ScoreSettings) -> Damping:
+    try:
+        if s.preset == "reference":
+            return Damping("absolute", value=1e-8, exclude_below=None)
+        if s.damping is not None:
+            return Damping("absolute", value=s.damping, exclude_below=s.exclude_below)
+        return Damping("relative", alpha=s.damping_alpha, exclude_below=s.exclude_below)
+    except ValueError as e:
+        fail(str(e))
+
+
 def run_scoring(settings: ScoreSettings) -> Path:
     """Adapt, Fisher and score into ``settings.out``; returns the scores directory."""
     t0 = time.time()
+    if settings.preset not in (None, *PRESETS):
+        fail(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
     run = _start(settings)
     _load_corpus(run)
     _draw_subset(run)
@@ -169,18 +213,31 @@ def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
 def _covered_parameters(run: _Run) -> list:
     from bioprune.engine.models import trainable_parameters
 
+    from bioprune.engine.influence.damping import covered_parameters
+
     s = run.settings
-    params = trainable_parameters(run.bundle.module, s.params)
+    pattern = REFERENCE_PARAMS if s.preset == "reference" else s.params
+    params, zero = covered_parameters(run.bundle.module,
+                                      trainable_parameters(run.bundle.module, pattern))
     if not params:
-        fail(f"--params {s.params!r} matches no trainable parameter")
+        fail(f"--params {pattern!r} matches no trainable parameter with a gradient")
     if run.manifest:
+        named = dict(run.bundle.module.named_parameters())
         total = sum(p.numel() for _, p in trainable_parameters(run.bundle.module))
-        run.manifest.set("parameters", {"pattern": s.params, "tensors": len(params),
-                                        "covered": sum(p.numel() for _, p in params),
-                                        "total": total, "names": [nm for nm, _ in params]})
-        run.manifest.set("damping", s.damping)
+        run.manifest.set("parameters", {
+            "pattern": pattern, "tensors": len(params),
+            "covered": sum(p.numel() for _, p in params), "total": total,
+            "zero_gradient": {"names": zero, "count": sum(named[n].numel() for n in zero)},
+            "names": [nm for nm, _ in params]})
+        run.manifest.set("masks", mask_plan(s).describe())
         run.manifest.save()
     return params
+
+
+def _pass_batch(s: ScoreSettings) -> int:
+    """Sequences per Fisher/score batch: micro-batch rows hold micro-batch / K sequences of K
+    masked copies each (memory as for micro-batch single-mask rows; scores do not depend on it)."""
+    return max(1, s.micro_batch_size // mask_plan(s).copies)
 
 
 def _kernel_options(s: ScoreSettings) -> dict:
@@ -202,8 +259,9 @@ def _fisher(run: _Run, params) -> dict:
         bar = tqdm(total=len(mine), desc="fisher", unit="seq", disable=run.rank != 0,
                    dynamic_ncols=True)
         fisher = fisher_pass(run.bundle, run.corpus, mine, params, seed=s.seed,
-                             max_residues=run.max_res, micro_batch_size=s.micro_batch_size,
-                             device=distributed.device(), progress=bar, **_kernel_options(s))
+                             max_residues=run.max_res, micro_batch_size=_pass_batch(s),
+                             device=distributed.device(), progress=bar, masks=mask_plan(s),
+                             **_kernel_options(s))
         bar.close()
         if run.rank == 0:
             with atomic_path(path) as tmp:
@@ -226,11 +284,26 @@ def _score_all(run: _Run, params, fisher: dict) -> Path:
     per chunk; finished parts are kept and skipped)."""
     from tqdm import tqdm
 
-    from bioprune.engine.influence.passes import Scorer, influence_weights
+    from bioprune.engine.influence import damping as dmp
+    from bioprune.engine.influence import diagnostics
+    from bioprune.engine.influence.passes import Scorer
     from bioprune.engine.io import scores as scores_io
 
     s, n, device = run.settings, len(run.corpus), distributed.device()
-    weights = influence_weights(fisher, s.damping, device)
+    damping = damping_of(s)
+    weights = dmp.influence_weights(fisher, damping, device)
+    if run.manifest:
+        record = dmp.resolve(fisher, damping)
+        run.manifest.set("damping", {k: record[k] for k in ("mode", "alpha", "lambda",
+                                                            "exclude_below", "threshold",
+                                                            "fisher_mean")})
+        run.manifest.count(covered_parameters=int(record["included"] + record["excluded"]),
+                           included_coordinates=int(record["included"]),
+                           excluded_coordinates=int(record["excluded"]))
+        run.manifest.save()
+    groups = diagnostics.parameter_groups(run.bundle.module, params)
+    mass_dir = run.out / "diagnostics"
+    mass_dir.mkdir(parents=True, exist_ok=True)
     scores_dir = run.out / "scores"
     scores_dir.mkdir(parents=True, exist_ok=True)
     n_chunks = math.ceil(n / s.chunk_size)
@@ -240,11 +313,13 @@ def _score_all(run: _Run, params, fisher: dict) -> Path:
     n_mine = sum(min(n, (c + 1) * s.chunk_size) - c * s.chunk_size for c in todo)
     bar = tqdm(total=n_mine, desc="score", unit="seq", disable=run.rank != 0, dynamic_ncols=True)
     with Scorer(run.bundle, params, weights, seed=s.seed, max_residues=run.max_res,
-                device=device, **_kernel_options(s)) as scorer:
+                device=device, masks=mask_plan(s), groups=groups, **_kernel_options(s)) as scorer:
         for c in todo:
             idx = np.arange(c * s.chunk_size, min(n, (c + 1) * s.chunk_size), dtype=np.int64)
-            scores_io.write_part(scores_dir, c, **scorer.score_chunk(run.corpus, idx,
-                                                                      s.micro_batch_size, bar))
+            cols = scorer.score_chunk(run.corpus, idx, _pass_batch(s), bar)
+            # the chunk's score mass per parameter group, before its part (resume keys on parts)
+            write_json(mass_dir / f"mass-{c:06d}.json", scorer.take_group_mass())
+            scores_io.write_part(scores_dir, c, **cols)
     bar.close()
     run.score_seconds, run.scored_here = _slowest_and_total(time.time() - t, n_mine, device)
     return scores_dir
@@ -279,9 +354,25 @@ def _finish(run: _Run, scores_dir: Path, t0: float) -> None:
         fail(f"score parts hold {rows} rows for a corpus of {n}: delete {scores_dir} and rerun")
     scores_io.write_success(scores_dir, rows)
     m = run.manifest
+    _diagnostics(run, scores_dir, n_chunks)
     m.count(scored=rows, resumed_chunks=len(run.resumed), scored_this_run=run.scored_here)
     m.timing("score", run.score_seconds, run.scored_here)
     m.timing("total", time.time() - t0)
     m.save("finished")
     print(f"scored {rows} sequences ({len(run.resumed)} of {n_chunks} parts resumed) -> "
           f"{scores_dir}", flush=True)
+
+
+def _diagnostics(run: _Run, scores_dir: Path, n_chunks: int) -> None:
+    """score_contributions (summed over the chunks' mass files) and length_spearman."""
+    import json
+
+    from bioprune.engine.influence import diagnostics
+
+    mass: dict[str, float] = {}
+    for c in range(n_chunks):
+        path = run.out / "diagnostics" / f"mass-{c:06d}.json"
+        if path.exists():
+            diagnostics.add_mass(mass, json.loads(path.read_text()))
+    run.manifest.set("score_contributions", diagnostics.contributions(mass))
+    run.manifest.set("length_spearman", diagnostics.length_spearman(scores_dir))
