@@ -78,6 +78,11 @@ def run_selection(s: SelectSettings) -> SelectionResult:
             if corpus is not None:
                 report["fasta"] = FASTA
             paths = write_outputs(s.out, result.indices, report, plot=not s.no_plot)
+            if not s.no_plot:
+                from bioprune.engine.selection.report import LENGTH_PLOT, plot_score_vs_length
+
+                report["length_spearman"] = plot_score_vs_length(s.scores, result.indices,
+                                                                 Path(s.out) / LENGTH_PLOT)
             if corpus is not None:
                 write_fasta(corpus, result.indices, Path(s.out) / FASTA)
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "

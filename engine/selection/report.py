@@ -6,6 +6,8 @@
 - ``score_histogram.png``  log-count histogram of all scores (from the all-reduced bin counts) with
                            the strata edges, the hard cut-off and the picked mass
 - ``coreset.fasta``        with the corpus given
+- ``score_vs_length.png``  score against sequence length, picked samples highlighted, with
+                           Spearman(score, length): shows when strata are really length bins
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ CORESET = "coreset.npy"
 REPORT = "selection.json"
 PLOT = "score_histogram.png"
 FASTA = "coreset.fasta"
+LENGTH_PLOT = "score_vs_length.png"
 
 
 def write_outputs(out_dir, indices: np.ndarray, report: dict, plot: bool = True) -> dict:
@@ -79,3 +82,45 @@ def plot_histogram(report: dict, path) -> None:
 def write_fasta(corpus, indices, path) -> int:
     """coreset.fasta through the corpus (its own writer is atomic)."""
     return int(corpus.write_fasta(np.asarray(indices, dtype=np.int64), Path(path)))
+
+
+def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) -> float:
+    """Scatter of score (log) against length over the scores directory (rows on a fixed stride
+    of the corpus index when there are more than ``max_points``), the picked samples in colour;
+    returns Spearman(score, length) of the plotted rows."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from scipy.stats import spearmanr
+
+    from bioprune.engine.io import scores as scores_io
+
+    parts = scores_io.list_parts(scores_dir)
+    n = sum(scores_io.part_rows(p) for p in parts)
+    stride = max(1, -(-n // max_points))
+    cols = {"index": [], "score": [], "length": []}
+    for p in parts:
+        c = scores_io.read_scores(scores_dir, [p], tuple(cols))
+        keep = c["index"] % stride == 0
+        for k in cols:
+            cols[k].append(c[k][keep])
+    idx, score, length = (np.concatenate(cols[k]) if cols[k] else np.empty(0) for k in cols)
+    rho = float(spearmanr(score, length).statistic) if len(score) > 1 else float("nan")
+    sel = np.isin(idx, np.asarray(picked if picked is not None else [], dtype=np.int64))
+    fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
+    ax.scatter(length[~sel], score[~sel], s=3, color="0.6", alpha=0.5, lw=0,
+               label=f"all (n = {n:,}{'' if stride == 1 else f', every {stride}th plotted'})")
+    if sel.any():
+        ax.scatter(length[sel], score[sel], s=4, color="tab:blue", alpha=0.8, lw=0, label="picked")
+    if len(score) and (score > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("length (residues scored)")
+    ax.set_ylabel("self-influence score")
+    ax.set_title(f"score vs length: Spearman ρ = {rho:+.3f}")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return rho
