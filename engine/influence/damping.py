@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-DEFAULT_ALPHA = 0.1           # relative λ = α · mean(F); chosen by launch/bench/scores.py
+DEFAULT_ALPHA = 1e-2          # relative λ = α · mean(F); chosen by launch/bench/scores.py
 DEFAULT_EXCLUDE_BELOW = 1e-12  # τ: F_j ≤ τ · mean(F) is "not estimated by D_sub"
 REFERENCE_DAMPING = 1e-8      # the public reference code's absolute λ
 
