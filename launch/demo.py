@@ -7,10 +7,6 @@ on a cluster; this script only strings them together and prints a summary.
 """
 from __future__ import annotations
 
-import os
-import sys
-
-
 import argparse
 import json
 import os

@@ -1,6 +1,4 @@
 import os
-import sys
-from pathlib import Path
 
 # Triton kernels run on the CPU through the interpreter; it must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")

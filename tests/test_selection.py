@@ -418,7 +418,7 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
 
 
 def test_select_from_scores(run_dir):
-    from bioprune.engine.selection.exact import select_from_scores
+    from bioprune.engine.selection.pipeline import select_from_scores
 
     run, idx, score = run_dir
     r = select_from_scores(run / "scores", "random", fraction=0.25, seed=4)

@@ -97,7 +97,7 @@ def worker(argv=None) -> int:
     from bioprune.engine.runtime import distributed
     from bioprune.engine.io.scores import ScoresError, read_share
     from bioprune.engine.selection.exact import SelectionError, select
-    from bioprune.engine.selection.radix import Comm
+    from bioprune.engine.runtime.collectives import Comm
 
     p = argparse.ArgumentParser()
     p.add_argument("--work", required=True)

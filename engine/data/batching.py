@@ -12,12 +12,15 @@ BOS/EOS/padding are never chosen and carry no loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bioprune.engine.runtime import hashing
-from bioprune.engine.models import ModelBundle
+
+if TYPE_CHECKING:   # data does not depend on models: a bundle is read by its fields only
+    from bioprune.engine.models import ModelBundle
 
 IGNORE = -100  # label of positions without loss (torch.nn.functional.cross_entropy's ignore_index)
 MASK_FRACTION = 0.15

@@ -1,7 +1,8 @@
-"""D_sub: the M corpus indices with the smallest hash(seed, index) keys (stream SUBSET).
+"""Hashed samples of corpus indices: the m indices with the smallest hash(seed, index) keys of a
+stream — D_sub (stream SUBSET) and the pretraining held-out sample (stream HELDOUT).
 
-Every rank computes the same subset from (n, M, seed) alone, in bounded memory (blocks of the
-index range, keeping the running M smallest), so no rank needs the corpus or a broadcast.
+Every rank computes the same sample from (n, m, seed) alone, in bounded memory (blocks of the
+index range, keeping the running m smallest), so no rank needs the corpus or a broadcast.
 """
 from __future__ import annotations
 
@@ -24,13 +25,26 @@ def subset_size(n: int, size: int | None, fraction: float | None) -> int:
     return m
 
 
-def draw_subset(n: int, m: int, seed: int, block: int = 1 << 24) -> np.ndarray:
-    """Sorted int64 indices of the m smallest (key, index) pairs among 0..n-1."""
+def draw_subset(n: int, m: int, seed: int) -> np.ndarray:
+    """D_sub: sorted int64 corpus indices."""
+    return smallest_keys(n, m, seed, hashing.SUBSET)
+
+
+def heldout_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The pretraining held-out sample (never more than a tenth of the corpus); sorted int64."""
+    if size <= 0:
+        return np.empty(0, dtype=np.int64)
+    return smallest_keys(n, min(size, max(n // 10, 1)), seed, hashing.HELDOUT)
+
+
+def smallest_keys(n: int, m: int, seed: int, stream: int, block: int = 1 << 24) -> np.ndarray:
+    """Sorted int64 indices of the m smallest (hash(seed, index, stream), index) pairs among
+    0..n-1."""
     best_k = np.empty(0, dtype=np.uint64)
     best_i = np.empty(0, dtype=np.int64)
     for start in range(0, n, block):
         idx = np.arange(start, min(n, start + block), dtype=np.int64)
-        k = np.concatenate([best_k, hashing.hash_keys(seed, idx, hashing.SUBSET)])
+        k = np.concatenate([best_k, hashing.hash_keys(seed, idx, stream)])
         i = np.concatenate([best_i, idx])
         if len(k) > m:
             kth = np.partition(k, m - 1)[m - 1]

@@ -91,3 +91,17 @@ class Scorer:
             "length": batch.length.numpy().astype(np.int32),
             "loss": loss.float().cpu().numpy(),
         }
+
+    def score_chunk(self, corpus, indices: np.ndarray, micro_batch_size: int,
+                    progress=None) -> dict[str, np.ndarray]:
+        """Score ``indices`` in length-sorted micro-batches; columns in ascending corpus index."""
+        cols = {"index": [], "score": [], "length": [], "loss": []}
+        for b in length_sorted_batches(indices, corpus.lengths, micro_batch_size):
+            r = self.score_indices(corpus, b)
+            for k in cols:
+                cols[k].append(r[k])
+            if progress is not None:
+                progress.update(len(b))
+        cols = {k: np.concatenate(v) for k, v in cols.items()}
+        order = np.argsort(cols["index"], kind="stable")
+        return {k: v[order] for k, v in cols.items()}

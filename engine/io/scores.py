@@ -241,7 +241,8 @@ def check_scores(index, score, n: int | None = None, comm=None, limit: int = 10)
     that fall in it, marking them in a presence array; with the all-reduced row count, every
     index present and n rows <=> a permutation. O(share) work and memory per rank.
     """
-    from bioprune.engine.selection.radix import Comm, check_permutation, nonfinite_error
+    from bioprune.engine.runtime.collectives import Comm
+    from bioprune.engine.runtime.index_check import check_permutation, nonfinite_error
 
     comm = comm or Comm()
     index = np.asarray(index, dtype=np.int64)
@@ -256,6 +257,20 @@ def check_scores(index, score, n: int | None = None, comm=None, limit: int = 10)
     return int(n)
 
 
+def finished_parts(scores_dir) -> tuple[int, list[Path]]:
+    """(n, part files) of a finished, non-empty scores directory, or :class:`ScoresError`."""
+    d = Path(scores_dir)
+    if not d.is_dir():
+        raise ScoresError(f"scores directory {scores_dir} does not exist")
+    n = read_success(d)
+    parts = list_parts(d)
+    if n > 0 and not parts:
+        raise ScoresError(f"{scores_dir} has a _SUCCESS for {n} rows but no part files")
+    if n == 0:
+        raise ScoresError(f"{scores_dir} is empty: _SUCCESS says 0 rows")
+    return n, parts
+
+
 def read_share(scores_dir, comm=None, columns: Iterable[str] = ("index", "score")):
     """Collective: this rank's disjoint share of the rows of a finished scores directory.
 
@@ -264,35 +279,23 @@ def read_share(scores_dir, comm=None, columns: Iterable[str] = ("index", "score"
     every rank reads only its own parts. Errors (no _SUCCESS, no parts, unreadable part, row
     counts that do not add up to n) are raised on every rank together.
     """
-    from bioprune.engine.selection.radix import Comm, agree
+    from bioprune.engine.runtime.collectives import Comm, raise_together
 
     comm = comm or Comm()
     err = n = None
     parts: list[Path] = []
     try:
-        d = Path(scores_dir)
-        if not d.is_dir():
-            raise ScoresError(f"scores directory {scores_dir} does not exist")
-        n = read_success(d)
-        parts = list_parts(d)
-        if n > 0 and not parts:
-            raise ScoresError(f"{scores_dir} has a _SUCCESS for {n} rows but no part files")
-        if n == 0:
-            raise ScoresError(f"{scores_dir} is empty: _SUCCESS says 0 rows")
+        n, parts = finished_parts(scores_dir)
     except ScoresError as e:
         err = str(e)
-    err = agree(comm, err)
-    if err:
-        raise ScoresError(err)
+    raise_together(comm, err, ScoresError)
     sizes = np.zeros(len(parts), dtype=np.int64)
     try:
         for i in range(comm.rank, len(parts), comm.world):
             sizes[i] = part_rows(parts[i])
     except Exception as e:  # noqa: BLE001
         err = f"cannot read the footer of {parts[i]}: {e}"
-    err = agree(comm, err)
-    if err:
-        raise ScoresError(err)
+    raise_together(comm, err, ScoresError)
     sizes = comm.allreduce(sizes)
     total = int(sizes.sum())
     if total != n:
@@ -303,7 +306,5 @@ def read_share(scores_dir, comm=None, columns: Iterable[str] = ("index", "score"
         data = read_scores(scores_dir, mine, columns=columns)
     except Exception as e:  # noqa: BLE001
         err = str(e) if isinstance(e, ScoresError) else f"cannot read scores: {e}"
-    err = agree(comm, err)
-    if err:
-        raise ScoresError(err)
+    raise_together(comm, err, ScoresError)
     return data, int(n)

@@ -96,3 +96,20 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def run_distributed(fn, *args) -> int:
+    """Join the process group (if launched by deepspeed / MPI), run ``fn(*args)``, always leave
+    the group cleanly; a :class:`UsageError` becomes one line on stderr and exit code 2."""
+    import sys
+
+    from bioprune.engine.runtime.errors import UsageError
+
+    init()
+    try:
+        return fn(*args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        finalize()

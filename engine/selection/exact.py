@@ -35,21 +35,22 @@ import numpy as np
 
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
 from bioprune.engine.io.scores import ScoresError
+from bioprune.engine.runtime.collectives import Comm, chunks, raise_together, tune_malloc
+from bioprune.engine.runtime.index_check import check_permutation, nonfinite_error
 from bioprune.engine.selection.radix import (
-    KEEP, NBINS, NONFINITE_DIGITS, TAKE, Comm, agree, check_permutation, chunks, decode_desc,
-    encode_desc, key_digits, lut_from_hist, nonfinite_error, radix_take, radix_values,
-    tune_malloc,
+    KEEP, NBINS, NONFINITE_DIGITS, TAKE, decode_desc, encode_desc, key_digits, lut_from_hist,
+    radix_take, radix_values,
 )
 from bioprune.engine.selection.rules import (
     STRATEGIES, SelectionError, budget_range, check_budget, check_strata, cut_size,
-    quantile_rank, stratum_edges, strata_budgets,
+    quantile_rank,
 )
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HIST_BINS = 100
 _TOP = np.uint64(64 - 16)
 
-__all__ = ["select", "select_from_scores", "SelectionResult", "SelectionError", "ScoresError",
+__all__ = ["select", "SelectionResult", "SelectionError", "ScoresError",
            "STRATEGIES", "QUANTILES", "budget_range"]
 
 
@@ -86,19 +87,71 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     raised on every rank together. ``gather=False`` leaves the selected indices on their ranks
     (``local_indices``).
     """
-    t_start = time.perf_counter()
     tune_malloc()
-    comm = comm or Comm()
-    timings: dict[str, float] = {}
-    tick = [time.perf_counter()]
+    run = _Selection(comm or Comm(), strategy, int(seed), hist_bins, tuple(quantiles))
+    _check_request(run, index, score, budget, hard_cutoff, strata, n, validate)
+    _pass_stats(run)
+    _first_round(run)
+    _order_statistics(run)
+    if strategy == "cci":
+        from bioprune.engine.selection.cci import cci_picks   # builds on this module's passes
 
-    def lap(name):
+        sel_pos = cci_picks(run)
+    else:   # Top-I and Random: the surely taken plus the radix-selected candidates
+        sel_pos = np.concatenate([run.take_pos, run.keep_pos[_radix_candidates(run)]])
+    run.top = None
+    return _result(run, sel_pos, gather)
+
+
+@dataclasses.dataclass
+class _Selection:
+    """State shared by the passes of one :func:`select` call (all local to this rank, except the
+    all-reduced statistics)."""
+    comm: Comm
+    strategy: str
+    seed: int
+    hist_bins: int
+    quantiles: tuple
+    index: np.ndarray = None
+    score: np.ndarray = None
+    n: int = 0
+    budget: int = 0
+    beta: float = 0.0
+    K: int = 0
+    c: int = 0                      # CCI: samples dropped by the hard cut-off
+    top: np.ndarray = None          # first 16-bit digit of every local ranking key
+    h: np.ndarray = None            # all-reduced histogram of ``top`` (+ Random's key digits)
+    codes16: np.ndarray = None      # Random: first 16-bit digit of every local random key
+    gmin: float = 0.0
+    gmax: float = 0.0
+    ssum: float = 0.0
+    lut1: np.ndarray = None         # first-round TAKE/KEEP table of the main selection
+    left1: list = None
+    take_pos: np.ndarray = None     # local positions surely taken (CCI: surely cut)
+    keep_pos: np.ndarray = None     # local positions still candidates
+    v_digit: list = None            # order statistics: their first digit, rank inside it,
+    v_need: list = None             # and their local candidate positions
+    v_pos: np.ndarray = None
+    vals: np.ndarray = None         # order statistic values (quantiles, then CCI's hi)
+    hist_counts: np.ndarray = None
+    report: dict = dataclasses.field(default_factory=dict)
+    timings: dict = dataclasses.field(default_factory=dict)
+    t_start: float = dataclasses.field(default_factory=time.perf_counter)
+    tick: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def random(self) -> bool:
+        return self.strategy == "random"
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = round(now - tick[0], 4)
-        tick[0] = now
+        self.timings[name] = round(now - self.tick, 4)
+        self.tick = now
 
-    # ---- request and shapes (collective agreement before any heavy work)
-    err = None
+
+def _check_request(run: _Selection, index, score, budget, hard_cutoff, strata, n, validate):
+    """Inputs, strategy, budget and the corpus indices, agreed on every rank before heavy work."""
+    comm, err = run.comm, None
     try:
         index = _as_numpy(index, np.int64)
         score = _as_numpy(score, np.float64)
@@ -108,30 +161,30 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
         err = f"bad input arrays: {e}"
         index = np.zeros(0, np.int64)
         score = np.zeros(0, np.float64)
-    err = agree(comm, err)
-    if err:
-        raise SelectionError(err)
+    raise_together(comm, err, SelectionError)
+    strategy = run.strategy
     if strategy not in STRATEGIES:
         raise SelectionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    K = check_strata(strata) if strategy == "cci" else int(strata)
+    run.K = check_strata(strata) if strategy == "cci" else int(strata)
     total = comm.sum_int(index.size)
     if n is not None and int(n) != total:
         raise ScoresError(f"the scores hold {total} rows but _SUCCESS says {n}")
-    n = total
-    if n == 0:
+    if total == 0:
         raise ScoresError("no scores to select from (0 rows)")
-    beta = float(hard_cutoff)
-    c = cut_size(n, beta) if strategy == "cci" else 0
-    budget = check_budget(strategy, budget, n, beta)
-    N = index.size
+    run.n, run.beta = total, float(hard_cutoff)
+    run.c = cut_size(total, run.beta) if strategy == "cci" else 0
+    run.budget = check_budget(strategy, budget, total, run.beta)
     # index range (always) and exact permutation of 0..n-1 (``validate``), before hashing
-    check_permutation(comm, index, n, total=total, error=ScoresError, presence=validate)
-    lap("check_indices")
+    check_permutation(comm, index, total, total=total, error=ScoresError, presence=validate)
+    run.index, run.score = index, score
+    run.lap("check_indices")
 
-    # ---- pass A: min / max / sum; the first 16-bit digit of the ranking key of every sample
-    # (kept as uint16: the later passes need no re-encoding) and its histogram; for Random also
-    # the first digit of the random keys.
-    rnd = strategy == "random"
+
+def _pass_stats(run: _Selection) -> None:
+    """Pass A: min / max / sum; the first 16-bit digit of the ranking key of every sample (kept
+    as uint16: the later passes need no re-encoding) and its histogram; for Random also the
+    first digit of the random keys."""
+    index, score, N, rnd = run.index, run.score, run.index.size, run.random
     top = np.empty(N, dtype=np.uint16)
     h = np.zeros(2 * NBINS if rnd else NBINS, dtype=np.int64)
     codes16 = np.empty(N, dtype=np.uint16) if rnd else None
@@ -145,57 +198,56 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
         top[a:b] = t
         h[:NBINS] += np.bincount(t, minlength=NBINS)
         if rnd:
-            cd = (hash_keys(seed, index[a:b], SELECT) >> _TOP).astype(np.uint16)
+            cd = (hash_keys(run.seed, index[a:b], SELECT) >> _TOP).astype(np.uint16)
             codes16[a:b] = cd
             h[NBINS:] += np.bincount(cd, minlength=NBINS)
-    h = comm.allreduce(h)
-    lap("pass_stats")
-    h_d = h[:NBINS]
-    nonfinite = int(h_d[NONFINITE_DIGITS].sum())
+    comm = run.comm
+    run.h = comm.allreduce(h)
+    run.top, run.codes16 = top, codes16
+    run.lap("pass_stats")
+    nonfinite = int(run.h[:NBINS][NONFINITE_DIGITS].sum())
     if nonfinite:
         msg = nonfinite_error(comm, index, score)
         raise ScoresError(msg or f"{nonfinite} score(s) are NaN or infinite")
-    gmin = comm.min_float(mn) + 0.0          # + 0.0: -0.0 and 0.0 tie; report 0.0 either way
-    gmax = comm.max_float(mx) + 0.0
-    ssum = float(comm.allreduce(np.array([sm], dtype=np.float64))[0])
+    run.gmin = comm.min_float(mn) + 0.0      # + 0.0: -0.0 and 0.0 tie; report 0.0 either way
+    run.gmax = comm.max_float(mx) + 0.0
+    run.ssum = float(comm.allreduce(np.array([sm], dtype=np.float64))[0])
 
+
+def _first_round(run: _Selection) -> None:
+    """The first radix round of the main selection (Top-I: the k best; CCI: the c best, which
+    are dropped; Random: the m smallest keys) and pass X: plot histogram, surely taken /
+    candidate / order-statistic positions."""
+    h_d, rnd, n = run.h[:NBINS], run.random, run.n
     # order statistics wanted by value (position in the descending ranking, 1-based):
     # quantiles (nearest rank) and, for CCI, hi = the best retained score (position c + 1)
-    positions = [n - quantile_rank(q, n) + 1 for q in quantiles]
-    if strategy == "cci":
-        positions.append(c + 1)
+    positions = [n - quantile_rank(q, n) + 1 for q in run.quantiles]
+    if run.strategy == "cci":
+        positions.append(run.c + 1)
     cum_d = np.cumsum(h_d)
-    v_digit, v_need = [], []
+    run.v_digit, run.v_need = [], []
     for p in positions:
         b = int(np.searchsorted(cum_d, p, side="left"))
-        v_digit.append(b)
-        v_need.append(p - (int(cum_d[b - 1]) if b else 0))
-
-    # ---- first radix round of the main selection (Top-I: the k best; CCI: the c best, which
-    # are dropped; Random: the m smallest keys)
-    if strategy == "topk":
-        lut1, left1 = lut_from_hist(h_d, [budget])
-    elif strategy == "cci":
-        lut1, left1 = lut_from_hist(h_d, [c])
-    else:
-        lut1, left1 = lut_from_hist(h[NBINS:], [budget])
-    lut1 = lut1[0]
+        run.v_digit.append(b)
+        run.v_need.append(p - (int(cum_d[b - 1]) if b else 0))
+    need = {"topk": run.budget, "cci": run.c, "random": run.budget}[run.strategy]
+    lut1, run.left1 = lut_from_hist(run.h[NBINS:] if rnd else h_d, [need])
+    run.lut1 = lut1 = lut1[0]
     # one table over the ranking digit: TAKE / KEEP of the main selection (not for Random) and
     # bit 2 = candidate of an order statistic
     lut_x = np.zeros(NBINS, dtype=np.uint8)
     if not rnd:
         lut_x |= lut1
-    lut_x[v_digit] |= 4
-
-    # ---- pass X: plot histogram; surely taken / candidate / order-statistic positions
-    span = gmax - gmin
-    hist_counts = np.zeros(hist_bins, dtype=np.int64)
+    lut_x[run.v_digit] |= 4
+    span = run.gmax - run.gmin
+    hist_counts = np.zeros(run.hist_bins, dtype=np.int64)
     take_parts, keep_parts, v_parts = [], [], []
-    for a, b in chunks(N):
-        hist_counts += np.bincount(_bins(score[a:b], gmin, span, hist_bins), minlength=hist_bins)
-        st = lut_x[top[a:b]]
+    for a, b in chunks(run.index.size):
+        hist_counts += np.bincount(_bins(run.score[a:b], run.gmin, span, run.hist_bins),
+                                   minlength=run.hist_bins)
+        st = lut_x[run.top[a:b]]
         if rnd:
-            st |= lut1[codes16[a:b]]
+            st |= lut1[run.codes16[a:b]]
         nz = np.flatnonzero(st)
         if nz.size:
             sv = st[nz]
@@ -203,180 +255,84 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
             take_parts.append(nz[(sv & 3) == TAKE])
             keep_parts.append(nz[(sv & 3) == KEEP])
             v_parts.append(nz[(sv & 4) != 0])
-    del codes16
-    take_pos, keep_pos, v_pos = _cat(take_parts), _cat(keep_parts), _cat(v_parts)
-    del take_parts, keep_parts, v_parts
-    hist_counts = comm.allreduce(hist_counts)
-    lap("pass_first_round")
-    v_top = top[v_pos]
-    by_digit = {d: encode_desc(score[v_pos[v_top == d]]) for d in sorted(set(v_digit))}
-    del v_pos, v_top
-    vals = decode_desc(radix_values(comm, [by_digit[d] for d in v_digit],
-                                    [d << 48 for d in v_digit], v_need, key_digits(16)))
-    del by_digit
-    qvals = vals[:len(quantiles)]
-    lap("order_statistics")
+    run.codes16 = None
+    run.take_pos, run.keep_pos, run.v_pos = _cat(take_parts), _cat(keep_parts), _cat(v_parts)
+    run.hist_counts = run.comm.allreduce(hist_counts)
+    run.lap("pass_first_round")
 
-    # ---- remaining radix rounds on the candidates
-    if rnd:
-        ckey = hash_keys(seed, index[keep_pos], SELECT)
+
+def _order_statistics(run: _Selection) -> None:
+    """The quantiles (and CCI's hi) by value, by radix selection among their candidates."""
+    v_top = run.top[run.v_pos]
+    by_digit = {d: encode_desc(run.score[run.v_pos[v_top == d]]) for d in sorted(set(run.v_digit))}
+    run.v_pos = None
+    run.vals = decode_desc(radix_values(run.comm, [by_digit[d] for d in run.v_digit],
+                                        [d << 48 for d in run.v_digit], run.v_need,
+                                        key_digits(16)))
+    run.lap("order_statistics")
+
+
+def _radix_candidates(run: _Selection) -> np.ndarray:
+    """The remaining radix rounds of the main selection on the candidates; returns the mask of
+    the candidates taken."""
+    keep = run.keep_pos
+    if run.random:
+        ckey = hash_keys(run.seed, run.index[keep], SELECT)
     else:
-        ckey = encode_desc(score[keep_pos])
-    m = radix_take(comm, ckey, index[keep_pos], np.zeros(keep_pos.size, np.int64), left1, n, 48)
-    lap("radix_rounds")
-    report: dict[str, Any] = {}
+        ckey = encode_desc(run.score[keep])
+    m = radix_take(run.comm, ckey, run.index[keep], np.zeros(keep.size, np.int64), run.left1,
+                   run.n, 48)
+    run.lap("radix_rounds")
+    return m
 
-    if strategy in ("topk", "random"):
-        sel_pos = np.concatenate([take_pos, keep_pos[m]])
-    else:
-        hi = float(vals[-1])
-        cut_keep = keep_pos[m]
-        del take_pos, keep_pos
-        sel_pos = _cci(comm, index, score, top, n, budget, beta, K, seed, lut1, cut_keep,
-                       gmin, hi, report, lap)
-    del top
 
-    # ---- outputs: picked histogram, summaries, gather to rank 0
+def _result(run: _Selection, sel_pos: np.ndarray, gather: bool) -> SelectionResult:
+    """Picked histogram, summaries, and the selected indices gathered to rank 0."""
+    comm, score, budget = run.comm, run.score, run.budget
+    span = run.gmax - run.gmin
     picked = score[sel_pos]
-    picked_hist = comm.allreduce(np.bincount(_bins(picked, gmin, span, hist_bins),
-                                             minlength=hist_bins).astype(np.int64))
+    picked_hist = comm.allreduce(np.bincount(_bins(picked, run.gmin, span, run.hist_bins),
+                                             minlength=run.hist_bins).astype(np.int64))
     n_sel = int(picked_hist.sum())
     psum = float(comm.allreduce(np.array([picked.sum()], np.float64))[0])
     pmin = comm.min_float(float(picked.min()) if picked.size else np.inf) + 0.0
     pmax = comm.max_float(float(picked.max()) if picked.size else -np.inf) + 0.0
     if n_sel != budget:
         raise RuntimeError(f"internal error: selected {n_sel} != budget {budget}")
-    local_indices = index[sel_pos]
+    local_indices = run.index[sel_pos]
     indices = None
     if gather:
         parts = comm.gather_to_root(local_indices)
         if parts is not None:
             indices = np.sort(np.concatenate(parts).astype(np.int64))
-    lap("gather")
+    run.lap("gather")
+    qvals = run.vals[:len(run.quantiles)]
     out = {
-        "strategy": strategy,
-        "parameters": {"budget": budget, "seed": int(seed),
-                       **({"hard_cutoff": beta, "strata": K} if strategy == "cci" else {})},
-        "n": n,
+        "strategy": run.strategy,
+        "parameters": {"budget": budget, "seed": run.seed,
+                       **({"hard_cutoff": run.beta, "strata": run.K}
+                          if run.strategy == "cci" else {})},
+        "n": run.n,
         "budget": budget,
         "selected": n_sel,
-        **report,
+        **run.report,
         "score_summary": {
-            "min": gmin, "max": gmax, "mean": ssum / n,
-            "quantiles": {f"{q:g}": float(v) for q, v in zip(quantiles, qvals)},
+            "min": run.gmin, "max": run.gmax, "mean": run.ssum / run.n,
+            "quantiles": {f"{q:g}": float(v) for q, v in zip(run.quantiles, qvals)},
             "quantile_rule": "nearest rank: the ceil(q*n)-th smallest score",
         },
         "selected_summary": {"min": pmin, "max": pmax, "mean": psum / budget},
         "histogram": {
-            "edges": _hist_edges(gmin, gmax, hist_bins),
-            "counts": hist_counts.tolist(),
+            "edges": _hist_edges(run.gmin, run.gmax, run.hist_bins),
+            "counts": run.hist_counts.tolist(),
             "picked": picked_hist.tolist(),
         },
         "world_size": comm.world,
     }
-    timings["total"] = round(time.perf_counter() - t_start, 4)
-    out["timings_s"] = timings
+    run.timings["total"] = round(time.perf_counter() - run.t_start, 4)
+    out["timings_s"] = run.timings
     out["allreduce_rounds"] = comm.rounds
     return SelectionResult(indices=indices, local_indices=local_indices, report=out)
-
-
-_SBITS = 8          # first digit of the within-stratum keys: K x 256 bins stay in the CPU caches
-
-
-def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
-                       fraction: float | None = None, comm: Comm | None = None,
-                       **kwargs) -> SelectionResult:
-    """Collective: read this rank's share of a finished scores directory and :func:`select`.
-    Give ``budget`` or ``fraction`` (budget = floor(fraction * n))."""
-    from bioprune.engine.io.scores import read_share
-    from bioprune.engine.selection.rules import budget_from_fraction
-
-    comm = comm or Comm()
-    if (budget is None) == (fraction is None):
-        raise SelectionError("give exactly one of budget and fraction")
-    data, n = read_share(scores_dir, comm)
-    if budget is None:
-        budget = budget_from_fraction(fraction, n)
-    return select(data["index"], data["score"], strategy, budget, n=n, comm=comm, **kwargs)
-
-
-def _cci(comm, index, score, top, n, budget, beta, K, seed, lut1, cut_keep, lo, hi, report, lap):
-    """CCI after the cut-off's first radix round (``lut1`` over the ranking digits ``top``: TAKE
-    = surely cut; ``cut_keep``: the cut samples among the candidates). Returns the local selected
-    positions."""
-    N = index.size
-    c = cut_size(n, beta)
-    cut_keep = np.sort(cut_keep)
-    nb = 1 << _SBITS
-    sentinel = K * nb
-    ctype = np.uint16 if sentinel < (1 << 16) else np.uint32
-    # pass S: stratum and first key digit as one code per sample; cut samples get code K * 256
-    codes = np.empty(N, dtype=ctype)
-    hist = np.zeros((K + 1) * nb, dtype=np.int64)
-    span = hi - lo
-    shift = np.uint64(64 - _SBITS)
-    for a, b in chunks(N):
-        s = score[a:b]
-        if span > 0:
-            t = s - lo
-            t /= span
-            t *= K
-            np.floor(t, out=t)
-            np.clip(t, 0, K - 1, out=t)
-            code = t.astype(ctype)
-            code *= ctype(nb)
-        else:
-            code = np.zeros(b - a, dtype=ctype)
-        code |= (hash_keys(seed, index[a:b], SELECT) >> shift).astype(ctype)
-        if c:
-            cut = lut1[top[a:b]] == TAKE
-            i0, i1 = np.searchsorted(cut_keep, [a, b])
-            cut[cut_keep[i0:i1] - a] = True
-            code[cut] = sentinel
-        codes[a:b] = code
-        hist += np.bincount(code, minlength=(K + 1) * nb)
-    lap("pass_strata")
-    hist = comm.allreduce(hist[:sentinel]).reshape(K, nb)
-    sizes = hist.sum(axis=1)
-    budgets = strata_budgets(sizes, budget)
-    lut2, left2 = lut_from_hist(hist, budgets, nb)
-    lut2 = np.concatenate([lut2.ravel(), np.zeros(nb, np.uint8)])
-    # pass P: surely picked / candidates per stratum
-    take_parts, keep_parts = [], []
-    for a, b in chunks(N):
-        st = lut2[codes[a:b]]
-        nz = np.flatnonzero(st)
-        if nz.size:
-            sv = st[nz]
-            nz += a
-            take_parts.append(nz[sv == TAKE])
-            keep_parts.append(nz[sv == KEEP])
-    take_pos = _cat(take_parts)
-    keep_pos = _cat(keep_parts)
-    lap("pass_picks")
-    grp = (codes[keep_pos] // nb).astype(np.int64)
-    ckey = hash_keys(seed, index[keep_pos], SELECT)
-    m2 = radix_take(comm, ckey, index[keep_pos], grp, left2, n, 64 - _SBITS)
-    sel_pos = np.concatenate([take_pos, keep_pos[m2]])
-    picks = comm.allreduce(np.bincount((codes[sel_pos] // nb).astype(np.intp),
-                                       minlength=K + 1)[:K].astype(np.int64))
-    del codes
-    lap("radix_strata")
-    report["cut"] = {"hard_cutoff": beta, "dropped": c,
-                     "rule": "drop the floor(beta*n) highest (score desc, index asc)",
-                     "retained_max_score": hi}
-    report["strata"] = {
-        "K": K, "lo": lo, "hi": hi,
-        "rule": "min(K-1, floor((s - lo) / (hi - lo) * K)) in float64; all 0 when hi == lo",
-        "edges": stratum_edges(lo, hi, K),
-        "sizes": sizes.tolist(),
-        "budgets": budgets.tolist(),
-        "picks": picks.tolist(),
-        "visit_order": np.lexsort((np.arange(K), sizes)).tolist(),
-    }
-    if not np.array_equal(picks, budgets):
-        raise RuntimeError("internal error: picks per stratum differ from the budgets")
-    return sel_pos
 
 
 def _bins(s, gmin, span, B):

@@ -39,6 +39,7 @@ class TrainSettings:
     zero_stage: int = 2
     ds_config: str | None = None  # a DeepSpeed JSON; default ds_configs/<device>_zero<stage>_*.json
     grad_accum: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (compute-matched runs)
 
 
 def default_ds_config(stage: int) -> Path:
@@ -92,6 +93,16 @@ def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return np.asarray(indices)[np.lexsort((indices, keys))]
 
 
+def steps_per_epoch(n: int, micro_batch: int, world: int, grad_accum: int = 1) -> int:
+    """Optimizer steps of one epoch over n sequences (the last step is padded, see below)."""
+    return max(1, math.ceil(n / (micro_batch * world * grad_accum)))
+
+
+def epochs_for_steps(steps: int, n: int, micro_batch: int, world: int, grad_accum: int = 1) -> int:
+    """Epochs that hold ``steps`` optimizer steps: a small training set is repeated."""
+    return math.ceil(steps / steps_per_epoch(n, micro_batch, world, grad_accum))
+
+
 def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, rank: int,
                  world: int, grad_accum: int = 1):
     """This rank's micro-batches; every rank gets the same count (the order wraps around).
@@ -102,7 +113,7 @@ def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, r
     """
     order = epoch_order(indices, seed, epoch)
     per_step = micro_batch * world * grad_accum
-    steps = max(1, math.ceil(len(order) / per_step))
+    steps = steps_per_epoch(len(order), micro_batch, world, grad_accum)
     need = steps * per_step
     if need > len(order):  # like DistributedSampler: pad by repeating from the start
         order = np.concatenate([order, np.resize(order, need - len(order))])
@@ -180,6 +191,8 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
             if writer:
                 writer.add_scalar("train/loss", loss.item(), engine.global_steps)
                 writer.add_scalar("train/lr", engine.get_lr()[0], engine.global_steps)
+            if settings.max_steps and engine.global_steps >= settings.max_steps:
+                break   # compute-matched: the last epoch stops at the step budget
         row = {"epoch": epoch, "step": engine.global_steps, "train_loss": run_loss / max(n_loss, 1),
                "seconds": time.time() - t_epoch}
         if heldout is not None and len(heldout):

@@ -24,10 +24,7 @@ fp32, with smaller defaults (B = 4, T = 128, fp32 and bf16), in a couple of minu
 """
 from __future__ import annotations
 
-import os
 import sys
-
-
 import argparse
 import json
 import math

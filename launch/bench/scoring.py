@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-
-
 import argparse
 import json
 import resource

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-
-
 import argparse
 import hashlib
 import json
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GEN_STREAM = 1000          # hash stream of the synthetic scores (not a selection stream)
 
 
@@ -113,7 +111,7 @@ def generate(a: int, b: int, seed: int):
 def worker(args) -> int:
     from bioprune.engine.runtime import distributed
     from bioprune.engine.selection.exact import select
-    from bioprune.engine.selection.radix import Comm, tune_malloc
+    from bioprune.engine.runtime.collectives import Comm, tune_malloc
 
     distributed.init()
     tune_malloc()
@@ -149,7 +147,7 @@ def worker(args) -> int:
 
 def baseline(args) -> int:
     """The paper's public code's approach, one process: full argsort, a boolean pass per stratum."""
-    from bioprune.engine.selection.radix import tune_malloc
+    from bioprune.engine.runtime.collectives import tune_malloc
     from bioprune.engine.selection.rules import strata_budgets
 
     tune_malloc()
@@ -278,7 +276,7 @@ def report(args, results) -> None:
     if not one:
         return
     P = args.proj_ranks
-    from bioprune.engine.selection.radix import SLICE
+    from bioprune.engine.runtime.index_check import SLICE
 
     lat = args.proj_latency_us * 1e-6 * math.log2(P)
     bw = args.proj_bw_gbs * 1e9

@@ -1,0 +1,83 @@
+"""Whether a corpus cache may be reused: the identity of its inputs (paths, sizes, mtimes,
+molecule, columns) as recorded in ``corpus.json`` against the inputs given now."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from bioprune.engine.data.alphabets import get_alphabet
+from bioprune.engine.data.readers import CorpusError, InputSpec, resolve_input
+
+META = "corpus.json"
+
+
+def as_paths(paths) -> list:
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    paths = list(paths)
+    if not paths:
+        raise CorpusError("no corpus inputs given", hint="pass one or more FASTA/CSV/TSV/Parquet/dataset paths")
+    return paths
+
+
+def input_identity(specs: Sequence[InputSpec], molecule: str, column: str, id_column) -> dict:
+    """What decides whether a cache matches a request."""
+    return {
+        "molecule": molecule,
+        "column": column,
+        "id_column": id_column,
+        "inputs": [
+            {"path": str(s.path), "split": s.split, "format": s.format, **s.fingerprint()}
+            for s in specs
+        ],
+    }
+
+
+def identity_of_meta(meta: dict) -> dict:
+    return {
+        "molecule": meta.get("molecule"),
+        "column": meta.get("column"),
+        "id_column": meta.get("id_column"),
+        "inputs": [
+            {k: f.get(k) for k in ("path", "split", "format", "size", "mtime_ns", "files") if k in f}
+            for f in meta.get("inputs", [])
+        ],
+    }
+
+
+def describe_mismatch(have: dict, want: dict) -> str:
+    for key in ("molecule", "column", "id_column"):
+        if have.get(key) != want.get(key):
+            return f"{key} was {have.get(key)!r}, now {want.get(key)!r}"
+    hi, wi = have.get("inputs", []), want.get("inputs", [])
+    if [f["path"] for f in hi] != [f["path"] for f in wi] or [f.get("split") for f in hi] != [
+        f.get("split") for f in wi
+    ]:
+        return (f"inputs were [{', '.join(f['path'] for f in hi)}], "
+                f"now [{', '.join(f['path'] for f in wi)}]")
+    for a, b in zip(hi, wi):
+        if a != b:
+            what = [k for k in ("size", "mtime_ns", "files", "format") if a.get(k) != b.get(k)]
+            return f"{b['path']} changed since the corpus was built ({', '.join(what)})"
+    return "unknown difference"
+
+
+def read_meta(cache_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(cache_dir) / META).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_matches(meta, paths, molecule, cache_dir, column, id_column):
+    specs = [resolve_input(p) for p in as_paths(paths)]
+    want = input_identity(specs, get_alphabet(molecule).name, column, id_column)
+    have = identity_of_meta(meta)
+    if have != want:
+        raise CorpusError(
+            "corpus cache was built from different inputs: " + describe_mismatch(have, want),
+            path=cache_dir,
+            hint="pick another cache dir or delete this one (a stale corpus is never reused)",
+        )

@@ -1,0 +1,287 @@
+"""The scoring run (DESIGN steps 1-3), called by ``launch/score.py`` and the experiment harness:
+
+    corpus ─► D_sub ─► adapt on D_sub (DeepSpeed) ─► Fisher over D_sub ─► score every sequence
+           ─► RUN/ (DESIGN "Run directory")
+
+Each phase keeps its output in the run directory and is skipped when it is already there, so a
+rerun with the same ``out`` resumes (the adapted model, the Fisher, every finished score part).
+Collective: every rank calls :func:`run_scoring` with the same settings.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioprune.engine.influence.passes import DEFAULT_DAMPING
+from bioprune.engine.io import run_config
+from bioprune.engine.io.atomic import atomic_path, save_npy
+from bioprune.engine.io.manifest import Manifest
+from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
+from bioprune.engine.runtime import distributed
+from bioprune.engine.runtime.errors import fail
+
+# settings that change results: a rerun into the same out must agree on them
+RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
+               "subset_size", "subset_fraction", "finetune_epochs", "finetune_lr",
+               "finetune_warmup", "finetune_global_batch", "params", "damping", "seed",
+               "chunk_size", "precision")
+
+
+@dataclass
+class ScoreSettings(ModelInputs):
+    out: str = "runs/score"
+    subset_size: int | None = None
+    subset_fraction: float | None = None
+    finetune_epochs: int = 1
+    finetune_lr: float = 1e-5
+    finetune_warmup: int = 50
+    finetune_global_batch: int | None = None
+    params: str | None = None
+    damping: float = DEFAULT_DAMPING
+    seed: int = 0
+    micro_batch_size: int = 16
+    chunk_size: int = 4096
+    precision: str = "fp32"
+    backend: str = "auto"
+    zero_stage: int = 2
+    deepspeed_config: str | None = None
+
+
+@dataclass
+class _Run:
+    """What the phases share."""
+    settings: ScoreSettings
+    out: Path
+    rank: int
+    world: int
+    manifest: Manifest | None
+    bundle: object = None
+    corpus: object = None
+    max_res: int = 0
+    subset: np.ndarray | None = None
+    resumed: set = None              # score chunks found finished
+    score_seconds: float = 0.0       # wall time of the slowest rank's scoring
+    scored_here: int = 0             # sequences scored by this run (all ranks)
+
+
+def run_scoring(settings: ScoreSettings) -> Path:
+    """Adapt, Fisher and score into ``settings.out``; returns the scores directory."""
+    t0 = time.time()
+    run = _start(settings)
+    _load_corpus(run)
+    _draw_subset(run)
+    _adapt(run)
+    params = _covered_parameters(run)
+    fisher = _fisher(run, params)
+    scores_dir = _score_all(run, params, fisher)
+    _finish(run, scores_dir, t0)
+    return scores_dir
+
+
+def _start(s: ScoreSettings) -> _Run:
+    out = Path(s.out).expanduser().absolute()
+    config = run_config.result_config(s, RESULT_KEYS)
+    run_config.check_same_run(out, config)   # on every rank, so all of them stop together
+    rank, world = distributed.rank(), distributed.world_size()
+    distributed.barrier()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        run_config.write_run_config(out, config)
+    distributed.barrier()
+    manifest = Manifest(out / "manifest.json", "score", vars(s), world) if rank == 0 else None
+    return _Run(s, out, rank, world, manifest)
+
+
+def _load_corpus(run: _Run) -> None:
+    t = time.time()
+    s = run.settings
+    run.bundle, run.corpus, cache, run.max_res = load_model_and_corpus(s, s.seed, run.out)
+    n = len(run.corpus)
+    if run.manifest:
+        run.manifest.set("corpus", {"paths": s.data, "molecule": run.bundle.molecule,
+                                    "column": s.column, "id_column": s.id_column,
+                                    "cache_dir": str(cache), "stats": run.corpus.stats})
+        run.manifest.count(sequences=n, cropped=int((run.corpus.lengths > run.max_res).sum()),
+                           max_residues=run.max_res)
+        run.manifest.timing("corpus", time.time() - t, n)
+        run.manifest.save()
+
+
+def _draw_subset(run: _Run) -> None:
+    from bioprune.engine.data.sampling import draw_subset, subset_size
+
+    s = run.settings
+    try:
+        m = subset_size(len(run.corpus), s.subset_size, s.subset_fraction)
+    except ValueError as e:
+        fail(str(e))
+    run.subset = draw_subset(len(run.corpus), m, s.seed)
+    if run.rank == 0:
+        save_npy(run.out / "subset.npy", run.subset)
+        run.manifest.count(subset=m)
+
+
+def _adapt(run: _Run) -> None:
+    """Assumption 1: fine-tune on D_sub (skipped when RUN/adapted/ exists); then load the
+    adapted model, the one every later phase scores."""
+    from bioprune.engine.models import load_saved_model, save_model
+
+    s, adapted_dir = run.settings, run.out / "adapted"
+    if not (adapted_dir / "model.safetensors").exists():
+        t = time.time()
+        if s.finetune_epochs > 0:
+            _finetune(run, adapted_dir, t)
+        elif run.rank == 0:
+            save_model(run.bundle, adapted_dir)  # "w/o ft": the scored model is the given one
+        distributed.barrier()
+    run.bundle = load_saved_model(adapted_dir)
+    run.bundle.module.to(distributed.device())
+
+
+def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
+    from bioprune.engine.training.loop import TrainSettings, export_weights, train
+
+    s = run.settings
+    per_step = s.micro_batch_size * run.world
+    glob = s.finetune_global_batch or per_step
+    if glob % per_step:
+        fail(f"--finetune-global-batch {glob} is not a multiple of micro-batch x ranks "
+             f"= {per_step}")
+    settings = TrainSettings(
+        lr=s.finetune_lr, weight_decay=0.01, warmup_steps=s.finetune_warmup,
+        schedule="constant", epochs=s.finetune_epochs, micro_batch_size=s.micro_batch_size,
+        seed=s.seed, max_residues=run.max_res, zero_stage=s.zero_stage,
+        ds_config=s.deepspeed_config, grad_accum=glob // per_step)
+    result = train(run.bundle, run.corpus, run.subset, settings,
+                   checkpoint_dir=run.out / "adapt_checkpoints", progress_desc="adapt")
+    export_weights(result["engine"], run.bundle, adapted_dir)
+    if run.manifest:
+        run.manifest.set("adapt", {"steps": result["steps"], "metrics": result["metrics"],
+                                   "ds_config": result["engine"].bioprune_config_source})
+        run.manifest.timing("adapt", time.time() - t, result["sequences"])
+
+
+def _covered_parameters(run: _Run) -> list:
+    from bioprune.engine.models import trainable_parameters
+
+    s = run.settings
+    params = trainable_parameters(run.bundle.module, s.params)
+    if not params:
+        fail(f"--params {s.params!r} matches no trainable parameter")
+    if run.manifest:
+        total = sum(p.numel() for _, p in trainable_parameters(run.bundle.module))
+        run.manifest.set("parameters", {"pattern": s.params, "tensors": len(params),
+                                        "covered": sum(p.numel() for _, p in params),
+                                        "total": total, "names": [nm for nm, _ in params]})
+        run.manifest.set("damping", s.damping)
+        run.manifest.save()
+    return params
+
+
+def _kernel_options(s: ScoreSettings) -> dict:
+    return {"backend": None if s.backend == "auto" else s.backend,
+            "autocast_dtype": torch.bfloat16 if s.precision == "bf16" else None}
+
+
+def _fisher(run: _Run, params) -> dict:
+    """The diagonal Fisher over D_sub (RUN/fisher.safetensors, computed when absent)."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from bioprune.engine.influence.passes import fisher_pass
+
+    s, path = run.settings, run.out / "fisher.safetensors"
+    if not path.exists():
+        t = time.time()
+        mine = run.subset[run.rank::run.world]
+        bar = tqdm(total=len(mine), desc="fisher", unit="seq", disable=run.rank != 0,
+                   dynamic_ncols=True)
+        fisher = fisher_pass(run.bundle, run.corpus, mine, params, seed=s.seed,
+                             max_residues=run.max_res, micro_batch_size=s.micro_batch_size,
+                             device=distributed.device(), progress=bar, **_kernel_options(s))
+        bar.close()
+        if run.rank == 0:
+            with atomic_path(path) as tmp:
+                save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp),
+                          metadata={"subset_size": str(len(run.subset)), "seed": str(s.seed)})
+            nonzero = int(sum((f != 0).sum().item() for f in fisher.values()))
+            run.manifest.count(fisher_nonzero=nonzero)
+            run.manifest.timing("fisher", time.time() - t, len(run.subset))
+            run.manifest.save()
+        distributed.barrier()
+    fisher = load_file(str(path))
+    missing = [nm for nm, _ in params if nm not in fisher]
+    if missing:
+        fail(f"{path} lacks {missing[:3]}: it was made with other --params; delete it")
+    return {nm: fisher[nm] for nm, _ in params}
+
+
+def _score_all(run: _Run, params, fisher: dict) -> Path:
+    """I(z) for every sequence, data-parallel in fixed chunks of corpus indices (one part file
+    per chunk; finished parts are kept and skipped)."""
+    from tqdm import tqdm
+
+    from bioprune.engine.influence.passes import Scorer, influence_weights
+    from bioprune.engine.io import scores as scores_io
+
+    s, n, device = run.settings, len(run.corpus), distributed.device()
+    weights = influence_weights(fisher, s.damping, device)
+    scores_dir = run.out / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    n_chunks = math.ceil(n / s.chunk_size)
+    run.resumed = scores_io.finished_chunks(scores_dir)
+    todo = [c for c in range(n_chunks) if c % run.world == run.rank and c not in run.resumed]
+    t = time.time()
+    n_mine = sum(min(n, (c + 1) * s.chunk_size) - c * s.chunk_size for c in todo)
+    bar = tqdm(total=n_mine, desc="score", unit="seq", disable=run.rank != 0, dynamic_ncols=True)
+    with Scorer(run.bundle, params, weights, seed=s.seed, max_residues=run.max_res,
+                device=device, **_kernel_options(s)) as scorer:
+        for c in todo:
+            idx = np.arange(c * s.chunk_size, min(n, (c + 1) * s.chunk_size), dtype=np.int64)
+            scores_io.write_part(scores_dir, c, **scorer.score_chunk(run.corpus, idx,
+                                                                      s.micro_batch_size, bar))
+    bar.close()
+    run.score_seconds, run.scored_here = _slowest_and_total(time.time() - t, n_mine, device)
+    return scores_dir
+
+
+def _slowest_and_total(seconds: float, count: int, device) -> tuple[float, int]:
+    """(wall time of the slowest rank, count summed over ranks)."""
+    if distributed.world_size() == 1:
+        return seconds, count
+    import torch.distributed as dist
+
+    wall = torch.tensor([seconds], dtype=torch.float64, device=device)
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(wall, op=dist.ReduceOp.MAX)
+    dist.all_reduce(total)
+    return float(wall.item()), int(total.item())
+
+
+def _finish(run: _Run, scores_dir: Path, t0: float) -> None:
+    """Rank 0 checks that every part is there and adds up to the corpus, then writes _SUCCESS."""
+    from bioprune.engine.io import scores as scores_io
+
+    distributed.barrier()
+    if run.rank != 0:
+        return
+    n, n_chunks = len(run.corpus), math.ceil(len(run.corpus) / run.settings.chunk_size)
+    lost = sorted(set(range(n_chunks)) - scores_io.finished_chunks(scores_dir))
+    if lost:
+        fail(f"score parts missing for chunks {lost[:10]}; rerun with the same --out")
+    rows = sum(scores_io.part_rows(scores_io.part_path(scores_dir, c)) for c in range(n_chunks))
+    if rows != n:
+        fail(f"score parts hold {rows} rows for a corpus of {n}: delete {scores_dir} and rerun")
+    scores_io.write_success(scores_dir, rows)
+    m = run.manifest
+    m.count(scored=rows, resumed_chunks=len(run.resumed), scored_this_run=run.scored_here)
+    m.timing("score", run.score_seconds, run.scored_here)
+    m.timing("total", time.time() - t0)
+    m.save("finished")
+    print(f"scored {rows} sequences ({len(run.resumed)} of {n_chunks} parts resumed) -> "
+          f"{scores_dir}", flush=True)

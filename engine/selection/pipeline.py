@@ -1,0 +1,148 @@
+"""Selecting a coreset from a finished scores directory (DESIGN step 4), called by
+``launch/select_coreset.py`` and the experiment harness.
+
+Every rank reads a disjoint share of the score parts; :func:`bioprune.engine.selection.exact.select`
+finds the coreset by distributed radix selection; only the selected corpus indices travel, to
+rank 0, which writes the outputs (:mod:`bioprune.engine.selection.report`). Collective.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bioprune.engine.io.scores import ScoresError, read_share
+from bioprune.engine.runtime.collectives import Comm, raise_together
+from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
+from bioprune.engine.selection.rules import SelectionError, budget_from_fraction
+
+
+@dataclass
+class SelectSettings:
+    scores: str
+    strategy: str
+    out: str
+    budget: int | None = None
+    fraction: float | None = None
+    hard_cutoff: float = 0.05
+    strata: int = 50
+    seed: int = 0
+    data: list[str] | None = None      # write coreset.fasta; [] = the scoring run's inputs
+    molecule: str | None = None
+    column: str | None = None
+    id_column: str | None = None
+    corpus_cache: str | None = None
+    no_validate: bool = False
+    hist_bins: int = HIST_BINS
+    no_plot: bool = False
+
+
+def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
+                       fraction: float | None = None, comm: Comm | None = None,
+                       **kwargs) -> SelectionResult:
+    """Collective: read this rank's share of a finished scores directory and :func:`select`.
+    Give ``budget`` or ``fraction`` (budget = floor(fraction * n))."""
+    comm = comm or Comm()
+    if (budget is None) == (fraction is None):
+        raise SelectionError("give exactly one of budget and fraction")
+    t0 = time.perf_counter()
+    data, n = read_share(scores_dir, comm)
+    t_read = time.perf_counter() - t0
+    if budget is None:
+        budget = budget_from_fraction(fraction, n)
+    result = select(data["index"], data["score"], strategy, budget, n=n, comm=comm, **kwargs)
+    result.report["scores_dir"] = str(Path(scores_dir).absolute())
+    result.report["timings_s"]["read_scores"] = round(t_read, 4)
+    if fraction is not None:
+        result.report["parameters"]["fraction"] = fraction
+    return result
+
+
+def run_selection(s: SelectSettings) -> SelectionResult:
+    """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
+    ScoresError / SelectionError."""
+    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+
+    comm = Comm()
+    t0 = time.perf_counter()
+    # the corpus is opened (and checked against n) before the selection's heavy work
+    n = read_share_count(s.scores, comm) if s.data is not None else None
+    corpus = _open_corpus(s, n, comm) if s.data is not None else None
+    result = select_from_scores(s.scores, s.strategy, s.budget, s.fraction, comm,
+                                hard_cutoff=s.hard_cutoff, strata=s.strata, seed=s.seed,
+                                validate=not s.no_validate, hist_bins=s.hist_bins)
+    report, err = result.report, None
+    if comm.rank == 0:
+        try:
+            if corpus is not None:
+                report["fasta"] = FASTA
+            paths = write_outputs(s.out, result.indices, report, plot=not s.no_plot)
+            if corpus is not None:
+                write_fasta(corpus, result.indices, Path(s.out) / FASTA)
+            print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
+                  f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
+                  f"{paths['coreset']}", flush=True)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it
+            err = f"writing the outputs failed: {e}"
+    raise_together(comm, err, SelectionError)
+    return result
+
+
+def read_share_count(scores_dir, comm: Comm) -> int:
+    """n of a scores directory (its _SUCCESS), agreed on every rank."""
+    from bioprune.engine.io.scores import finished_parts
+
+    n, err = None, None
+    try:
+        n, _ = finished_parts(scores_dir)
+    except ScoresError as e:
+        err = str(e)
+    raise_together(comm, err, ScoresError)
+    return n
+
+
+def corpus_settings(s: SelectSettings) -> dict:
+    """Paths / molecule / column / id column / cache of the corpus for --data: the scoring run's
+    manifest (RUN/manifest.json next to RUN/scores) when present, flags override."""
+    manifest = Path(s.scores).absolute().parent / "manifest.json"
+    m = {}
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text()).get("corpus") or {}
+        except (OSError, ValueError):
+            m = {}
+    paths = list(s.data) if s.data else list(m.get("paths") or [])
+    same = bool(m.get("paths")) and [str(Path(p).absolute()) for p in paths] == \
+        [str(Path(p).absolute()) for p in m["paths"]]
+    cache = s.corpus_cache or (m.get("cache_dir") if same else None) \
+        or str(Path(s.out) / "corpus")
+    return {
+        "paths": paths,
+        "molecule": s.molecule or m.get("molecule") or "rna",
+        "column": s.column or m.get("column") or "sequence",
+        "id_column": s.id_column if s.id_column is not None else m.get("id_column"),
+        "cache_dir": cache,
+    }
+
+
+def _open_corpus(s: SelectSettings, n: int, comm: Comm):
+    from bioprune.engine.data.corpus import load_corpus
+
+    c = corpus_settings(s)
+    err = None
+    if not c["paths"]:
+        err = ("--data needs input paths: none given and no corpus paths in "
+               f"{Path(s.scores).absolute().parent / 'manifest.json'}")
+    raise_together(comm, err, ScoresError)
+    corpus = None
+    try:
+        corpus = load_corpus(c["paths"], c["molecule"], c["cache_dir"], column=c["column"],
+                             id_column=c["id_column"])
+        if len(corpus) != n:
+            err = (f"the corpus ({', '.join(map(str, c['paths']))}) has {len(corpus):,} records "
+                   f"but the scores have n = {n:,}: not the corpus that was scored")
+    except Exception as e:  # noqa: BLE001 - CorpusError and friends, on every rank
+        err = f"cannot open the corpus: {e}"
+    raise_together(comm, err, ScoresError)
+    return corpus

@@ -1,0 +1,112 @@
+"""Pretraining a fresh model from scratch on a coreset (DESIGN step 5), called by
+``launch/pretrain.py`` and the experiment harness.
+
+The training set is the given corpus indices less a fixed held-out sample (the same for every
+coreset drawn with the same seed, never trained on), which gives the MLM loss and perplexity after
+each epoch. ``steps`` makes runs compute-matched: every coreset gets the same number of optimizer
+steps (a small one is repeated) instead of the same number of epochs.
+Collective: every rank calls :func:`run_pretraining` with the same settings.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bioprune.engine.data.sampling import heldout_indices
+from bioprune.engine.io.atomic import save_npy
+from bioprune.engine.io.manifest import Manifest
+from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
+from bioprune.engine.runtime import distributed
+from bioprune.engine.runtime.errors import fail
+
+
+@dataclass
+class PretrainSettings(ModelInputs):
+    out: str = "runs/pretrain"
+    indices: str | None = None      # an int64 .npy of corpus indices; None = the whole corpus
+    epochs: int = 10
+    steps: int | None = None        # total optimizer steps (overrides epochs)
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 2000
+    micro_batch_size: int = 16
+    grad_accum: int = 1
+    seed: int = 0
+    heldout_size: int = 1000
+    zero_stage: int = 2
+    deepspeed_config: str | None = None
+
+
+def read_indices(path: str, n: int) -> np.ndarray:
+    """A 1-D array of distinct corpus indices in [0, n), or a UsageError naming the problem."""
+    try:
+        idx = np.load(path)
+    except (OSError, ValueError) as e:
+        fail(f"--indices {path}: cannot read ({e})")
+    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+        fail(f"--indices {path}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
+    bad = idx[(idx < 0) | (idx >= n)]
+    if len(bad):
+        fail(f"--indices {path}: {len(bad)} indices outside the corpus of {n} "
+             f"(first: {bad[:5].tolist()}); was it made from the same --data?")
+    if len(np.unique(idx)) != len(idx):
+        fail(f"--indices {path}: repeated corpus indices")
+    return idx
+
+
+def run_pretraining(s: PretrainSettings) -> Path:
+    """Train, checkpoint per epoch (resumable), export ``out/final``; returns that directory."""
+    from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
+
+    t0 = time.time()
+    out = Path(s.out).expanduser().absolute()
+    rank, world = distributed.rank(), distributed.world_size()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out)
+    n = len(corpus)
+    train_idx = np.arange(n, dtype=np.int64) if s.indices is None else read_indices(s.indices, n)
+    heldout = heldout_indices(n, s.heldout_size, s.seed)
+    overlap = np.isin(train_idx, heldout)
+    train_idx = np.sort(train_idx[~overlap]).astype(np.int64)
+    if len(train_idx) == 0:
+        fail("nothing left to train on after removing the held-out sample; lower --heldout-size")
+    epochs = s.epochs if not s.steps else epochs_for_steps(
+        s.steps, len(train_idx), s.micro_batch_size, world, s.grad_accum)
+    settings = TrainSettings(
+        lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup, schedule="inverse_sqrt",
+        epochs=epochs, micro_batch_size=s.micro_batch_size, seed=s.seed, max_residues=max_res,
+        zero_stage=s.zero_stage, ds_config=s.deepspeed_config, grad_accum=s.grad_accum,
+        max_steps=s.steps)
+    manifest = None
+    if rank == 0:
+        save_npy(out / "heldout.npy", heldout)
+        manifest = Manifest(out / "manifest.json", "pretrain", vars(s), world)
+        manifest.count(corpus=n, train=len(train_idx), heldout=len(heldout),
+                       removed_for_heldout=int(overlap.sum()), epochs=epochs,
+                       cropped=int((corpus.lengths[train_idx] > max_res).sum()))
+        manifest.save()
+    result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
+                   heldout=heldout, metrics_csv=out / "metrics.csv",
+                   tensorboard_dir=out / "tensorboard", progress_desc="pretrain")
+    export_weights(result["engine"], bundle, out / "final")
+    if rank == 0:
+        _record(manifest, result, t0)
+        last = result["metrics"][-1] if result["metrics"] else {}
+        print(f"pretrained {len(train_idx)} sequences x {epochs} epochs ({result['steps']} steps); "
+              f"held-out loss {float(last.get('heldout_loss', 'nan')):.4f} "
+              f"ppl {float(last.get('heldout_ppl', 'nan')):.3f} -> {out / 'final'}", flush=True)
+    return out / "final"
+
+
+def _record(manifest: Manifest, result: dict, t0: float) -> None:
+    manifest.set("ds_config", result["engine"].bioprune_config_source)
+    manifest.set("metrics", result["metrics"])
+    manifest.count(steps=result["steps"], resumed_from_epoch=result["start_epoch"])
+    manifest.timing("train", result["seconds"], result["sequences"])
+    manifest.timing("total", time.time() - t0)
+    manifest.save("finished")
