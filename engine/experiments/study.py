@@ -163,6 +163,7 @@ class Study:
             steps.append(Step("clusters", "cluster", self.out / "clusters", self.clusters,
                               5 + n_est * 0.0015))
         seeds = c["seeds"]
+        evals: list[Step] = []
         train_s = L + self._planned_steps(n_est) * est["train_step_s"]
         for arm in all_arms:
             s, r, name = arm["strategy"], arm["rate"], arm["name"]
@@ -185,9 +186,11 @@ class Study:
                                       self._pretrainer(idx, seed, sdir / "pretrain", f"{name}/s{seed}"),
                                       train_s if c["training"]["mode"] == "steps" else
                                       L + self._planned_steps(n_arm) * est["train_step_s"]))
-                steps.append(Step(f"{name}/s{seed}/eval", "evaluate", sdir / "eval",
+                evals.append(Step(f"{name}/s{seed}/eval", "evaluate", sdir / "eval",
                                   self._evaluator(s, seed, sdir, f"{name}/s{seed}"), est["eval_s"]))
-        return steps
+        # every model is trained before any is evaluated: a missing or failing evaluator costs
+        # no training time, and a rerun only evaluates
+        return steps + evals
 
     def _estimate_n(self) -> int:
         m = self.out / "data" / MARKER
