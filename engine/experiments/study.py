@@ -339,16 +339,22 @@ class Study:
     # ------------------------------------------------------------------ running
 
     def check_config(self) -> None:
-        """A rerun must use the same settings as the run it continues."""
+        """A rerun must use the same settings as the run it continues. Evaluation settings may
+        change (finished evaluations are kept: delete arms/*/s*/eval to redo them)."""
         path = self.out / "experiment.json"
-        keep = {k: v for k, v in self.cfg.items() if k not in ("estimate", "config_path")}
+        loose = ("estimate", "config_path", "evaluation")
+        keep = {k: v for k, v in self.cfg.items() if k not in loose}
         if path.exists():
-            old = json.loads(path.read_text())
-            old = {k: v for k, v in old.items() if k not in ("estimate", "config_path")}
+            full_old = json.loads(path.read_text())
+            old = {k: v for k, v in full_old.items() if k not in loose}
             if json.loads(json.dumps(keep)) != old:
                 diff = sorted(k for k in set(old) | set(keep) if old.get(k) != keep.get(k))
                 raise SystemExit(f"error: {self.out} holds an experiment with other settings "
                                  f"(differs in: {', '.join(diff)}); use another --out")
+            if full_old.get("evaluation") != json.loads(json.dumps(self.cfg["evaluation"])):
+                self.log("note: evaluation settings changed; finished evaluations are kept "
+                         "(delete arms/*/s*/eval to redo them)")
+                write_json(path, self.cfg)
         else:
             write_json(path, self.cfg)
 
