@@ -85,3 +85,27 @@ def test_order_rule_on_a_known_table():
         select_from_clusters(rep, 7)
     with pytest.raises(ValueError):
         select_from_clusters(rep, 0)
+
+
+def test_select_launcher_cluster_strategy_matches_the_function(tmp_path, corpus, clustered):
+    """``select_coreset.py --strategy cluster`` on a (real-format) scores directory of the same
+    corpus gives the coreset of ``select_from_clusters`` on the same MMseqs2 table."""
+    import json
+
+    from bioprune.engine.io import scores as S
+    from pipeline_utils import run
+
+    n = len(corpus)
+    S.write_part(tmp_path / "scores", 0, index=np.arange(n), score=np.linspace(1, 2, n),
+                 length=corpus.lengths, loss=np.ones(n, np.float32))
+    S.write_success(tmp_path / "scores", n)
+    run("select_coreset.py", ["--scores", str(tmp_path / "scores"), "--strategy", "cluster",
+                              "--budget", "25", "--seed", "4", "--data", *corpus.paths,
+                              "--out", str(tmp_path / "sel")])
+    got = np.load(tmp_path / "sel" / "coreset.npy")
+    rep, _ = clustered
+    want, _ = select_from_clusters(rep, 25, seed=4)
+    np.testing.assert_array_equal(got, want)
+    report = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert report["strategy"] == "cluster" and report["selected"] == 25
+    assert (tmp_path / "sel" / "coreset.fasta").read_text().count(">") == 25

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bioprune.engine.io.scores import ScoresError, read_share
 from bioprune.engine.runtime.collectives import Comm, raise_together
 from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
@@ -36,6 +38,10 @@ class SelectSettings:
     no_validate: bool = False
     hist_bins: int = HIST_BINS
     no_plot: bool = False
+    cluster_identity: float = 0.5     # --strategy cluster: MMseqs2 --min-seq-id
+    cluster_coverage: float = 0.8     # MMseqs2 -c (coverage of query and target)
+    cluster_mode: str = "cluster"     # easy-cluster (reproducible) or easy-linclust (linear time)
+    threads: int = 1
 
 
 def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
@@ -64,6 +70,8 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     ScoresError / SelectionError."""
     from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
 
+    if s.strategy == "cluster":
+        return run_cluster_selection(s)
     comm = Comm()
     t0 = time.perf_counter()
     # the corpus is opened (and checked against n) before the selection's heavy work
@@ -146,3 +154,42 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
         err = f"cannot open the corpus: {e}"
     raise_together(comm, err, ScoresError)
     return corpus
+
+
+def run_cluster_selection(s: SelectSettings) -> SelectionResult:
+    """``--strategy cluster``: MMseqs2 cluster representatives of the scored corpus at the same
+    budget (the redundancy-reduction baseline; scores are not used, only their n and corpus).
+    MMseqs2 runs once, on rank 0, with ``s.threads`` threads; the others wait."""
+    from bioprune.engine.selection.cluster import select_cluster
+    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+
+    comm = Comm()
+    t0 = time.perf_counter()
+    n = read_share_count(s.scores, comm)
+    budget = s.budget if s.budget is not None else budget_from_fraction(s.fraction, n)
+    if not 1 <= budget <= n:
+        raise SelectionError(f"budget {budget} out of range 1..{n} for cluster")
+    corpus = _open_corpus(s, n, comm)
+    indices, report, err = None, None, None
+    if comm.rank == 0:
+        try:
+            indices, report = select_cluster(
+                corpus, budget, identity=s.cluster_identity, coverage=s.cluster_coverage,
+                mode=s.cluster_mode, seed=s.seed, threads=s.threads,
+                work_dir=Path(s.out) / ".mmseqs")
+            report.update(scores_dir=str(Path(s.scores).absolute()), world_size=comm.world,
+                          timings_s={"total": round(time.perf_counter() - t0, 4)})
+            if s.fraction is not None:
+                report["fraction"] = s.fraction
+            if s.data is not None:
+                report["fasta"] = FASTA
+            write_outputs(s.out, indices, report, plot=False)
+            if s.data is not None:
+                write_fasta(corpus, indices, Path(s.out) / FASTA)
+            print(f"selected {len(indices):,} of {n:,} (cluster, {report['clusters']:,} MMseqs2 "
+                  f"clusters) -> {Path(s.out) / 'coreset.npy'}", flush=True)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it
+            err = f"cluster selection failed: {e}"
+    raise_together(comm, err, SelectionError)
+    return SelectionResult(indices=indices, local_indices=indices if indices is not None
+                           else np.zeros(0, np.int64), report=report or {})
