@@ -126,38 +126,40 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    from bioprune.engine.cli import fail
+def run(args) -> int:
+    from bioprune.engine.cli import settings_from_args
     from bioprune.engine.evaluation import EvalSettings, evaluate
     from bioprune.engine.evaluation.tasks import EvalError
+    from bioprune.engine.runtime.errors import fail
 
-    args = parse_args(argv)
-    settings = EvalSettings(
-        model=args.model, model_size=args.model_size,
-        tasks=[x for x in args.tasks.split(",") if x.strip()], out=args.out, weights=args.weights,
-        run=args.run, init=args.init, seed=args.seed, probe_seeds=args.probe_seeds,
-        split_seed=args.split_seed, frozen=args.frozen, control=args.control, floor=args.floor,
-        max_train=args.max_train, max_test=args.max_test, max_length=args.max_length,
-        ss_max_length=args.ss_max_length, embed_batch_size=args.embed_batch_size,
-        probe_epochs=args.probe_epochs, probe_lr=args.probe_lr,
-        probe_batch_size=args.probe_batch_size, probe_weight_decay=args.probe_weight_decay,
-        probe_hidden=args.probe_hidden, token_epochs=args.token_epochs,
-        token_batch_size=args.token_batch_size, ss_epochs=args.ss_epochs, ss_lr=args.ss_lr,
-        ss_channels=args.ss_channels, finetune_epochs=args.finetune_epochs,
-        finetune_lr=args.finetune_lr, csv_kind=args.csv_kind, mlm_data=args.mlm_data,
-        mlm_indices=args.mlm_indices, mlm_max=args.mlm_max, mlm_column=args.mlm_column,
-        mlm_cache=args.mlm_cache, progress=args.progress, threads=args.threads,
-        argv=list(sys.argv if argv is None else ["launch/evaluate.py", *argv]))
-    for flag in ("probe_seeds", "max_train", "max_test", "max_length", "embed_batch_size", "mlm_max", "threads"):
+    for flag in ("probe_seeds", "max_train", "max_test", "max_length", "embed_batch_size",
+                 "mlm_max", "threads"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             fail(f"--{flag.replace('_', '-')} must be at least 1 (got {v})")
+    settings = settings_from_args(
+        EvalSettings, args, tasks=[x for x in args.tasks.split(",") if x.strip()],
+        argv=list(sys.argv if args.argv is None else ["launch/evaluate.py", *args.argv]))
     try:
         evaluate(settings)
     except EvalError as e:
         fail(str(e))
     print(f"wrote {args.out}/eval.json and eval.md", flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    """One process (probe training goes through accelerate: ``accelerate launch`` for GPUs);
+    user mistakes end in one line ``error: ...`` and exit code 2."""
+    from bioprune.engine.runtime.errors import UsageError
+
+    args = parse_args(argv)
+    args.argv = argv
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":
