@@ -98,9 +98,11 @@ def parse_args(argv=None):
     h.add_argument("--probe-hidden", type=int, default=128, help="hidden width of the MLP heads")
     h.add_argument("--token-epochs", type=int, default=10, help="epochs of per-residue probes")
     h.add_argument("--token-batch-size", type=int, default=1024, help="residues per per-residue step")
-    h.add_argument("--ss-epochs", type=int, default=8, help="epochs of the base-pair head")
-    h.add_argument("--ss-lr", type=float, default=3e-3, help="lr of the base-pair head")
+    h.add_argument("--ss-epochs", type=int, default=10, help="epochs of the base-pair head")
+    h.add_argument("--ss-lr", type=float, default=1e-2, help="lr of the base-pair head")
     h.add_argument("--ss-channels", type=int, default=8, help="channels of the base-pair head")
+    h.add_argument("--ss-batch-size", type=int, default=4,
+                   help="sequences (of similar length) per step of the base-pair head")
     h.add_argument("--finetune-epochs", type=int, default=3, help="epochs with --finetune")
     h.add_argument("--finetune-lr", type=float, default=1e-4, help="lr with --finetune (paper: 1e-4)")
     h.add_argument("--embed-batch-size", type=int, default=32,
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
         probe_batch_size=args.probe_batch_size, probe_weight_decay=args.probe_weight_decay,
         probe_hidden=args.probe_hidden, token_epochs=args.token_epochs,
         token_batch_size=args.token_batch_size, ss_epochs=args.ss_epochs, ss_lr=args.ss_lr,
-        ss_channels=args.ss_channels, finetune_epochs=args.finetune_epochs,
+        ss_channels=args.ss_channels, ss_batch_size=args.ss_batch_size, finetune_epochs=args.finetune_epochs,
         finetune_lr=args.finetune_lr, csv_kind=args.csv_kind, mlm_data=args.mlm_data,
         mlm_indices=args.mlm_indices, mlm_max=args.mlm_max, mlm_column=args.mlm_column,
         mlm_cache=args.mlm_cache, progress=args.progress, threads=args.threads,

@@ -78,9 +78,10 @@ class EvalSettings:
     probe_hidden: int = 128
     token_epochs: int = 10
     token_batch_size: int = 1024
-    ss_epochs: int = 8
-    ss_lr: float = 3e-3
+    ss_epochs: int = 10
+    ss_lr: float = 1e-2
     ss_channels: int = 8
+    ss_batch_size: int = 4
     finetune_epochs: int = 3
     finetune_lr: float = 1e-4
     csv_kind: str = "auto"            # auto | classification | regression
