@@ -88,6 +88,11 @@ def parse_args(argv=None):
     c.add_argument("--max-test", type=int, default=None, help="test rows per task/fold")
     c.add_argument("--max-length", type=int, default=None,
                    help="residues per sequence (default: the model's, 1022 rnafm / 2046 esmc)")
+    c.add_argument("--ss-max-train", type=int, default=None,
+                   help="rna-ss*: training sequences per fold (default: --max-train); the pair "
+                        "head costs ~50 ms per sequence and epoch on a CPU")
+    c.add_argument("--ss-max-test", type=int, default=None,
+                   help="rna-ss*: test sequences per fold (default: --max-test)")
     c.add_argument("--ss-max-length", type=int, default=200,
                    help="rna-ss*: sequences longer than this are dropped (pair maps are L x L)")
     h = p.add_argument_group("probes")
@@ -140,7 +145,8 @@ def main(argv=None) -> int:
         run=args.run, init=args.init, seed=args.seed, probe_seeds=args.probe_seeds,
         split_seed=args.split_seed, frozen=args.frozen, control=args.control, floor=args.floor,
         max_train=args.max_train, max_test=args.max_test, max_length=args.max_length,
-        ss_max_length=args.ss_max_length, embed_batch_size=args.embed_batch_size,
+        ss_max_length=args.ss_max_length, ss_max_train=args.ss_max_train,
+        ss_max_test=args.ss_max_test, embed_batch_size=args.embed_batch_size,
         probe_epochs=args.probe_epochs, probe_lr=args.probe_lr,
         probe_batch_size=args.probe_batch_size, probe_weight_decay=args.probe_weight_decay,
         probe_hidden=args.probe_hidden, token_epochs=args.token_epochs,
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
         mlm_indices=args.mlm_indices, mlm_max=args.mlm_max, mlm_column=args.mlm_column,
         mlm_cache=args.mlm_cache, progress=args.progress, threads=args.threads,
         argv=list(sys.argv if argv is None else ["launch/evaluate.py", *argv]))
-    for flag in ("probe_seeds", "max_train", "max_test", "max_length", "embed_batch_size", "mlm_max", "threads"):
+    for flag in ("probe_seeds", "max_train", "max_test", "max_length", "embed_batch_size", "mlm_max", "threads",
+                 "ss_max_train", "ss_max_test"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             fail(f"--{flag.replace('_', '-')} must be at least 1 (got {v})")

@@ -70,6 +70,8 @@ class EvalSettings:
     max_test: int | None = None
     max_length: int | None = None
     ss_max_length: int = 200
+    ss_max_train: int | None = None   # rna-ss* caps (default: --max-train/--max-test)
+    ss_max_test: int | None = None
     embed_batch_size: int = 32
     probe_epochs: int = 30
     probe_lr: float = 1e-3
