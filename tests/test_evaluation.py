@@ -250,3 +250,21 @@ def test_protein_tasks_and_finetune(tmp_path):
                     "--max-train", "24", "--max-test", "16", "--max-length", "100",
                     "--probe-seeds", "1", name="ft")
     assert ft["tasks"]["protein-loc"]["frozen"] is False and ft["frozen"] is False
+
+
+def test_mlm_defaults_to_a_pretraining_runs_corpus_and_heldout(tmp_path):
+    """--run DIR of launch/pretrain.py: weights from final/, corpus from manifest.json, heldout.npy."""
+    from bioprune.engine.models import build_model, save_model
+
+    run = tmp_path / "pt"
+    save_model(build_model("rnafm", "tiny"), run / "final")
+    fasta = RNA / "rfam_RF00005.fasta"
+    (run / "manifest.json").write_text(json.dumps(
+        {"config": {"data": [str(fasta)], "column": "sequence", "id_column": None, "seed": 3}}))
+    np.save(run / "heldout.npy", np.arange(5, 25, dtype=np.int64))
+    doc, _ = run_cli(tmp_path, "--model", "rnafm", "--model-size", "tiny", "--run", str(run),
+                     "--tasks", "mlm", "--probe-seeds", "2")
+    m = doc["tasks"]["mlm"]
+    assert m["indices"].endswith("heldout.npy") and m["data"] == [str(fasta)]
+    assert (m["n_test"], m["crop_seed"], m["mask_seeds"]) == (20, 3, [3, 4])
+    assert m["metrics"]["loss"]["values"][0] != m["metrics"]["loss"]["values"][1]
