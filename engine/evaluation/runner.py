@@ -365,12 +365,14 @@ def _run(s: EvalSettings, t_start: float, started: str) -> dict:
 
     names = expand_tasks(s.tasks)
     bundle, enc = load_encoder(s)
+    # before the tasks: under `accelerate launch` this joins the process group, so the mlm
+    # corpus is built by rank 0 while the others wait (data.corpus.load_corpus)
+    acc = Accelerator()
     tasks, load_sec = {}, {}
     for name in names:
         t0 = time.time()
         tasks[name] = load_task(name, bundle, s)
         load_sec[name] = round(time.time() - t0, 3)
-    acc = Accelerator()
     torch.set_grad_enabled(True)
     results, timings = {}, {}
     for name, task in tasks.items():
