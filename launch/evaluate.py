@@ -88,6 +88,11 @@ def parse_args(argv=None):
     c.add_argument("--max-test", type=int, default=None, help="test rows per task/fold")
     c.add_argument("--max-length", type=int, default=None,
                    help="residues per sequence (default: the model's, 1022 rnafm / 2046 esmc)")
+    c.add_argument("--ss-max-train", type=int, default=None,
+                   help="rna-ss*: training sequences per fold (default: --max-train); the pair "
+                        "head costs ~50 ms per sequence and epoch on a CPU")
+    c.add_argument("--ss-max-test", type=int, default=None,
+                   help="rna-ss*: test sequences per fold (default: --max-test)")
     c.add_argument("--ss-max-length", type=int, default=200,
                    help="rna-ss*: sequences longer than this are dropped (pair maps are L x L)")
     h = p.add_argument_group("probes")
@@ -98,9 +103,11 @@ def parse_args(argv=None):
     h.add_argument("--probe-hidden", type=int, default=128, help="hidden width of the MLP heads")
     h.add_argument("--token-epochs", type=int, default=10, help="epochs of per-residue probes")
     h.add_argument("--token-batch-size", type=int, default=1024, help="residues per per-residue step")
-    h.add_argument("--ss-epochs", type=int, default=8, help="epochs of the base-pair head")
-    h.add_argument("--ss-lr", type=float, default=3e-3, help="lr of the base-pair head")
+    h.add_argument("--ss-epochs", type=int, default=10, help="epochs of the base-pair head")
+    h.add_argument("--ss-lr", type=float, default=1e-2, help="lr of the base-pair head")
     h.add_argument("--ss-channels", type=int, default=8, help="channels of the base-pair head")
+    h.add_argument("--ss-batch-size", type=int, default=4,
+                   help="sequences (of similar length) per step of the base-pair head")
     h.add_argument("--finetune-epochs", type=int, default=3, help="epochs with --finetune")
     h.add_argument("--finetune-lr", type=float, default=1e-4, help="lr with --finetune (paper: 1e-4)")
     h.add_argument("--embed-batch-size", type=int, default=32,
@@ -133,7 +140,7 @@ def run(args) -> int:
     from bioprune.engine.runtime.errors import fail
 
     for flag in ("probe_seeds", "max_train", "max_test", "max_length", "embed_batch_size",
-                 "mlm_max", "threads"):
+                 "mlm_max", "threads", "ss_max_train", "ss_max_test"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             fail(f"--{flag.replace('_', '-')} must be at least 1 (got {v})")

@@ -13,38 +13,11 @@ from bioprune.engine.experiments.config import arms, load_config, random_rates
 from pipeline_utils import ROOT
 
 QUICK = ROOT / "configs" / "experiments" / "rna-quick.toml"
-EVALUATE = ROOT / "launch" / "evaluate.py"
-
-# Stand-in with launch/evaluate.py's CLI and eval.json format, used only while that launcher is
-# not in this checkout: deterministic fake metrics, so the harness is still tested end to end.
-FAKE_EVALUATE = '''
-import argparse, hashlib, json, os
-p = argparse.ArgumentParser()
-for a in ["--model", "--model-size", "--weights", "--run", "--init", "--tasks", "--seed", "--out",
-          "--max-train", "--max-test", "--max-length", "--probe-seeds", "--mlm-data"]:
-    p.add_argument(a)
-p.add_argument("--frozen", action="store_true")
-a = p.parse_args()
-assert (a.run is None) != (a.init is None)
-os.makedirs(a.out, exist_ok=True)
-tasks = {}
-for t in a.tasks.split(","):
-    h = int(hashlib.sha1(f"{a.run}{a.init}{a.seed}{t}".encode()).hexdigest()[:8], 16) / 2**32
-    mets = {"ppl": 4 + h} if t == "mlm" else {"acc": 0.5 + h / 4, "macro_f1": 0.4 + h / 4}
-    tasks[t] = {"metrics": {k: {"mean": v, "std": 0.0, "values": [v, v]} for k, v in mets.items()},
-                "n_train": 10, "n_test": 10}
-json.dump({"tasks": tasks}, open(os.path.join(a.out, "eval.json"), "w"))
-'''
-
 
 def _run(out: Path, extra=(), capsys=None) -> str:
     from bioprune.launch.experiment import main
 
     args = ["--config", str(QUICK), "--out", str(out), *extra]
-    if not EVALUATE.exists():
-        fake = out.parent / "fake_evaluate.py"
-        fake.write_text(FAKE_EVALUATE)
-        args += ["--set", f"evaluation.script={fake}"]
     assert main(args) == 0
     return capsys.readouterr().out if capsys else ""
 

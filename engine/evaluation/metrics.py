@@ -1,10 +1,15 @@
 """Metrics (scikit-learn / scipy / torchmetrics, never hand-written formulas) and dot-bracket.
 
+Classification and base pairs: scikit-learn; regression: scipy.
+
 Base-pair metrics: for one sequence of length L the candidates are all pairs (i, j), i < j; a
 pair is positive when the structure pairs i with j. Precision, recall, F1 and MCC are computed
-on that binary vector per sequence (zero_division = 0) and averaged over the test sequences.
+on that binary vector per sequence (scikit-learn, zero_division = 0) and
+averaged over the test sequences.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -45,18 +50,19 @@ def pair_matrix(pairs, length: int) -> np.ndarray:
 
 
 def pair_metrics(true_pairs, pred_pairs, length: int) -> dict:
-    """precision, recall, f1, mcc of predicted vs true base pairs of one sequence."""
-    from sklearn.metrics import f1_score, matthews_corrcoef, precision_score, recall_score
+    """precision, recall, f1, mcc (scikit-learn) of predicted vs true base pairs of one sequence;
+    0 where a metric is undefined (no predicted / no true pairs)."""
+    from sklearn.metrics import matthews_corrcoef, precision_recall_fscore_support
 
     iu = np.triu_indices(length, k=1)
-    t = pair_matrix(true_pairs, length)[iu].astype(np.int8)
-    p = pair_matrix(pred_pairs, length)[iu].astype(np.int8)
-    return {
-        "precision": float(precision_score(t, p, zero_division=0)),
-        "recall": float(recall_score(t, p, zero_division=0)),
-        "f1": float(f1_score(t, p, zero_division=0)),
-        "mcc": float(matthews_corrcoef(t, p)) if len(t) else 0.0,
-    }
+    t = pair_matrix(true_pairs, length)[iu]
+    p = pair_matrix(pred_pairs, length)[iu]
+    with warnings.catch_warnings():  # a sequence without pairs is a valid, degenerate case
+        warnings.simplefilter("ignore")
+        prec, rec, f1, _ = precision_recall_fscore_support(t, p, average="binary", zero_division=0)
+        mcc = matthews_corrcoef(t, p)
+    return {"precision": float(prec), "recall": float(rec), "f1": float(f1),
+            "mcc": float(mcc)}
 
 
 def greedy_pairs(prob: np.ndarray, threshold: float, min_loop: int = 3) -> list[tuple[int, int]]:

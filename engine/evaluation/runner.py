@@ -255,7 +255,7 @@ class Evaluator:
                 pred, st = fit_predict_pairs(
                     [H[pos[r]] for r in f.train], [task.targets[r] for r in f.train],
                     [H[pos[r]] for r in f.test], channels=s.ss_channels, epochs=s.ss_epochs,
-                    lr=s.ss_lr, seed=p, accelerator=self.acc, progress=self.progress,
+                    lr=s.ss_lr, seed=p, batch_size=s.ss_batch_size, accelerator=self.acc, progress=self.progress,
                     desc=f"probe {task.name} {f.name} seed {p}")
                 thresholds.append(st["threshold"])
                 m = _mean_dicts([M.pair_metrics(task.targets[r], pp, len(task.seqs[r]))
@@ -270,7 +270,7 @@ class Evaluator:
                         "decoding": "greedy, one partner per base, j - i > 3, threshold tuned on "
                                     "training sequences", "thresholds": thresholds},
                "training": {"optimizer": "AdamW", "lr": s.ss_lr, "weight_decay": 0.01,
-                            "epochs": s.ss_epochs, "batch_size": 1, "loss": "BCE over pairs",
+                            "epochs": s.ss_epochs, "batch_size": s.ss_batch_size, "batching": "groups of similar length", "loss": "BCE over pairs j - i > 3",
                             "probe_seeds": self.seeds()},
                "metric_averaging": "per test sequence, then mean over sequences (and folds)",
                "ss_max_length": s.ss_max_length, "embedding": emb}
@@ -335,28 +335,38 @@ def _summarise(per_seed):
 # -------------------------------------------------------------------------------------- driver
 
 def run(s: EvalSettings) -> dict:
-    from accelerate import Accelerator
-
-    from bioprune.engine.evaluation.report import markdown
-    from bioprune.engine.io.atomic import write_json, write_text
-    from bioprune.engine.io.manifest import versions
-
     t_start = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if s.probe_seeds < 1:
         raise EvalError("--probe-seeds must be at least 1")
     if s.control and s.control not in CONTROLS:
         raise EvalError(f"--control {s.control}: unknown (known: {', '.join(CONTROLS)})")
+    threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
+    try:
+        return _run(s, t_start, started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(s: EvalSettings, t_start: float, started: str) -> dict:
+    from accelerate import Accelerator
+
+    from bioprune.engine.evaluation.report import markdown
+    from bioprune.engine.io.atomic import write_json, write_text
+    from bioprune.engine.io.manifest import versions
+
     names = expand_tasks(s.tasks)
     bundle, enc = load_encoder(s)
+    # before the tasks: under `accelerate launch` this joins the process group, so the mlm
+    # corpus is built by rank 0 while the others wait (data.corpus.load_corpus)
+    acc = Accelerator()
     tasks, load_sec = {}, {}
     for name in names:
         t0 = time.time()
         tasks[name] = load_task(name, bundle, s)
         load_sec[name] = round(time.time() - t0, 3)
-    acc = Accelerator()
     torch.set_grad_enabled(True)
     results, timings = {}, {}
     for name, task in tasks.items():

@@ -70,6 +70,8 @@ class EvalSettings:
     max_test: int | None = None
     max_length: int | None = None
     ss_max_length: int = 200
+    ss_max_train: int | None = None   # rna-ss* caps (default: --max-train/--max-test)
+    ss_max_test: int | None = None
     embed_batch_size: int = 32
     probe_epochs: int = 30
     probe_lr: float = 1e-3
@@ -78,9 +80,10 @@ class EvalSettings:
     probe_hidden: int = 128
     token_epochs: int = 10
     token_batch_size: int = 1024
-    ss_epochs: int = 8
-    ss_lr: float = 3e-3
+    ss_epochs: int = 10
+    ss_lr: float = 1e-2
     ss_channels: int = 8
+    ss_batch_size: int = 4
     finetune_epochs: int = 3
     finetune_lr: float = 1e-4
     csv_kind: str = "auto"            # auto | classification | regression

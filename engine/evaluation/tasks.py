@@ -102,10 +102,15 @@ def _encode(labels) -> tuple[np.ndarray, list]:
 
 
 def _finish(task: TaskData, s) -> TaskData:
-    """Apply --max-train/--max-test to every fold and record the counts."""
+    """Apply --max-train/--max-test (rna-ss*: --ss-max-train/--ss-max-test) to every fold and
+    record the counts."""
+    cap_train, cap_test = s.max_train, s.max_test
+    if task.kind == "pairs":
+        cap_train = s.ss_max_train or cap_train
+        cap_test = s.ss_max_test or cap_test
     for f in task.folds:
-        f.train = subsample(f.train, s.max_train, s.split_seed, STREAM_TRAIN)
-        f.test = subsample(f.test, s.max_test, s.split_seed, STREAM_TEST)
+        f.train = subsample(f.train, cap_train, s.split_seed, STREAM_TRAIN)
+        f.test = subsample(f.test, cap_test, s.split_seed, STREAM_TEST)
     task.info["n_train"] = int(sum(len(f.train) for f in task.folds) // max(len(task.folds), 1))
     task.info["n_test"] = int(sum(len(f.test) for f in task.folds) // max(len(task.folds), 1))
     if len(task.folds) > 1:
