@@ -9,6 +9,7 @@ on teardown.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 
 import torch
@@ -41,19 +42,81 @@ def init(backend: str | None = None) -> tuple[int, int]:
         return 0, 1
     import deepspeed
 
-    if mpi:
-        # mpi4py (through DeepSpeed's discovery) fills in RANK/WORLD_SIZE/MASTER_ADDR/PORT
-        deepspeed.init_distributed(dist_backend=backend or default_backend(),
-                                   auto_mpi_discovery=True, verbose=False,
-                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
-    else:
-        deepspeed.init_distributed(dist_backend=backend or default_backend())
+    with port_errors(mpi):
+        if mpi:
+            # mpi4py (through DeepSpeed's discovery) fills in RANK/WORLD_SIZE/MASTER_ADDR/PORT;
+            # DeepSpeed overrides MASTER_PORT with the port given here, so pass the user's, or a
+            # free one that rank 0 picked (never a fixed default two jobs would share)
+            deepspeed.init_distributed(dist_backend=backend or default_backend(),
+                                       auto_mpi_discovery=True, verbose=False,
+                                       distributed_port=mpi_master_port())
+        else:
+            deepspeed.init_distributed(dist_backend=backend or default_backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
         share_cpu_cores()
     atexit.register(finalize)
     return dist.get_rank(), dist.get_world_size()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def mpi_master_port() -> int:
+    """MASTER_PORT when set, else a free port picked by rank 0 and broadcast over MPI."""
+    if os.environ.get("MASTER_PORT"):
+        return int(os.environ["MASTER_PORT"])
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return int(comm.bcast(free_port() if comm.Get_rank() == 0 else None, root=0))
+
+
+_SINGLE_ENV: list[str] = []
+
+
+def single_process_env() -> None:
+    """Before DeepSpeed starts a one-process group (plain ``python launch/...``): give it a
+    complete env:// rendezvous on a free local port. Without it DeepSpeed falls back to MPI
+    discovery with the fixed port 29500, and a second job on the machine dies with EADDRINUSE.
+    A MASTER_PORT set by the user is kept."""
+    if launched_distributed() or launched_by_mpi() or (dist.is_available() and dist.is_initialized()):
+        return
+    want = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port())}
+    for k, v in want.items():
+        if k not in os.environ:
+            os.environ[k] = v
+            _SINGLE_ENV.append(k)
+
+
+@contextlib.contextmanager
+def port_errors(mpi: bool = False):
+    """Turn "address already in use" from the rendezvous into one UsageError line saying which
+    port is taken and how to pick another."""
+    from bioprune.engine.runtime.errors import UsageError
+
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - torch raises DistNetworkError / RuntimeError
+        text = str(e)
+        if "EADDRINUSE" not in text and "ddress already in use" not in text:
+            raise
+        port = os.environ.get("MASTER_PORT", "29500")
+        if mpi or launched_by_mpi():
+            how = "set MASTER_PORT to a free port (mpiexec -env MASTER_PORT N, or export it)"
+        elif _SINGLE_ENV or os.environ.get("WORLD_SIZE") == "1":
+            how = "set MASTER_PORT to a free port, or just rerun"
+        else:
+            how = "pass a free port to the launcher: deepspeed --master_port N ..."
+        raise UsageError(f"rendezvous port {port} is already in use (another job on this "
+                         f"machine?); {how}") from None
 
 
 def share_cpu_cores() -> None:
@@ -73,6 +136,8 @@ def finalize() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+    while _SINGLE_ENV:   # the one-process rendezvous set up by single_process_env
+        os.environ.pop(_SINGLE_ENV.pop(), None)
 
 
 def rank() -> int:
