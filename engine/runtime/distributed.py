@@ -163,18 +163,64 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def run_distributed(fn, *args) -> int:
+def run_distributed(fn, *args, out=None) -> int:
     """Join the process group (if launched by deepspeed / MPI), run ``fn(*args)``, always leave
-    the group cleanly; a :class:`UsageError` becomes one line on stderr and exit code 2."""
+    the group cleanly. The top-level handler of every launcher:
+
+    * a :class:`UsageError` (a flag, a file, a run directory; CorpusError / ScoresError /
+      SelectionError are ones too) becomes one line ``error: ...`` on stderr and exit code 2;
+    * Ctrl-C: one line saying that rerunning resumes, exit code 130;
+    * anything else is a bug: its traceback stays, is also saved to ``OUT/bioprune-error.log``
+      (when ``out`` exists), and the exit code is 1.
+    """
     import sys
 
+    from bioprune.engine.runtime import lock
     from bioprune.engine.runtime.errors import UsageError
 
-    init()
     try:
+        init()
         return fn(*args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        together = getattr(e, "collective", False) or world_size() == 1
+        if rank() == 0 or not together:
+            where = "" if together else f"(rank {rank()}) "
+            print(f"error: {where}{e}", file=sys.stderr, flush=True)
+        if not together:   # the other ranks may wait in a collective: do not join a barrier
+            lock.release_all()
+            os._exit(2)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with the same --out to resume",
+              file=sys.stderr, flush=True)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback, say where it is saved
+        import traceback
+
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        log = _save_log(out, text)
+        print(f"bioprune: unexpected error on rank {rank()} (a bug, not a usage mistake): the "
+              "traceback is above" + (f" and in {log}" if log else "") + "; please report it",
+              file=sys.stderr, flush=True)
+        if world_size() > 1:   # the other ranks may wait in a collective; the launcher stops them
+            lock.release_all()
+            os._exit(1)
+        return 1
     finally:
+        lock.release_all()
         finalize()
+
+
+def _save_log(out, text: str):
+    from pathlib import Path
+
+    if out is None or not Path(out).is_dir():
+        return None
+    name = "bioprune-error.log" if world_size() == 1 else f"bioprune-error-rank{rank()}.log"
+    path = Path(out).absolute() / name
+    try:
+        path.write_text(text)
+    except OSError:
+        return None
+    return path

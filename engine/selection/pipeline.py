@@ -36,6 +36,7 @@ class SelectSettings:
     no_validate: bool = False
     hist_bins: int = HIST_BINS
     no_plot: bool = False
+    overwrite: bool = False            # replace another selection's outputs in out
 
 
 def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
@@ -62,8 +63,10 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
 def run_selection(s: SelectSettings) -> SelectionResult:
     """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
     ScoresError / SelectionError."""
+    from bioprune.engine.selection.checks import begin_selection, commit, staging
     from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
 
+    begin_selection(s)          # every flag checked, --out locked, another selection refused
     comm = Comm()
     t0 = time.perf_counter()
     # the corpus is opened (and checked against n) before the selection's heavy work
@@ -77,9 +80,12 @@ def run_selection(s: SelectSettings) -> SelectionResult:
         try:
             if corpus is not None:
                 report["fasta"] = FASTA
-            paths = write_outputs(s.out, result.indices, report, plot=not s.no_plot)
+            stage = staging(s.out)     # the new outputs replace the old ones as one unit
+            write_outputs(stage, result.indices, report, plot=not s.no_plot)
             if corpus is not None:
-                write_fasta(corpus, result.indices, Path(s.out) / FASTA)
+                write_fasta(corpus, result.indices, stage / FASTA)
+            commit(stage, s.out)
+            paths = {"coreset": Path(s.out) / "coreset.npy"}
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
                   f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
                   f"{paths['coreset']}", flush=True)
@@ -123,6 +129,7 @@ def corpus_settings(s: SelectSettings) -> dict:
         "column": s.column or m.get("column") or "sequence",
         "id_column": s.id_column if s.id_column is not None else m.get("id_column"),
         "cache_dir": cache,
+        "on_invalid": (m.get("stats") or {}).get("on_invalid", "error"),
     }
 
 
@@ -138,7 +145,7 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
     corpus = None
     try:
         corpus = load_corpus(c["paths"], c["molecule"], c["cache_dir"], column=c["column"],
-                             id_column=c["id_column"])
+                             id_column=c["id_column"], on_invalid=c["on_invalid"])
         if len(corpus) != n:
             err = (f"the corpus ({', '.join(map(str, c['paths']))}) has {len(corpus):,} records "
                    f"but the scores have n = {n:,}: not the corpus that was scored")
