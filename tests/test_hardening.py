@@ -113,6 +113,7 @@ CASES = [
     ("damping-inf", "score", SCORE + ["--damping", "inf"], "inf zeroes every score", 2),
     # --- flags that ended in a raw traceback
     ("params-bad-regex", "score", SCORE + ["--params", "encoder.(layer"], "--params 'encoder.(layer': not a valid regular expression", 2),
+    ("params-match-nothing", "score", SCORE + ["--params", "no_such_layer"], "--params 'no_such_layer' matches no trainable parameter of rnafm tiny", 2),
     ("model-size-unknown", "score", SCORE + ["--model-size", "huge"], "--model-size huge: unknown for --model rnafm; choose one of tiny", 2),
     ("checkpoint-missing", "score", SCORE + ["--checkpoint", "{tmp}/nope.pth"], "nope.pth: no such weights file", 2),
     ("checkpoint-not-weights", "score", SCORE + ["--checkpoint", "{tmp}/weights.pt"], "weights.pt: not a weights file", 2),
@@ -174,9 +175,11 @@ def test_bad_input_gets_one_clear_line(case, ctx, tmp_path, capsys, monkeypatch)
     # found while reading the inputs come after the run directory was opened)
     if name not in FOUND_IN_INPUTS:
         assert not (out / "run_config.json").exists()
+    if launcher == "select_coreset" and name != "select-out-is-a-file":
+        assert not out.exists()          # a failed selection leaves no directory behind
 
 
-FOUND_IN_INPUTS = {"bad-records-listed-together", "scores-unfinished", "budget-above-n"}
+FOUND_IN_INPUTS = {"bad-records-listed-together"}
 
 
 def test_backend_triton_without_cuda(ctx, tmp_path, capsys, monkeypatch):
@@ -263,7 +266,8 @@ def test_score_with_skip_end_to_end(ctx, tmp_path, capsys):
                                             "--max-length", "32", "--out", str(out)], capsys)
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
-    assert m["counts"]["sequences"] == 3 and m["corpus"]["stats"]["rejected"] == 4
+    assert m["counts"]["sequences"] == 3 and m["counts"]["rejected_records"] == 4
+    assert m["corpus"]["stats"]["rejected"] == 4
     assert len((out / "rejected.tsv").read_text().splitlines()) == 1 + 4
     # a rerun of the finished run says so and does nothing
     code, stdout, err, seconds = invoke("score", ["--data", ctx["bad"], "--molecule", "rna",

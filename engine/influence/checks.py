@@ -38,6 +38,23 @@ def check_score_settings(s) -> None:
     v.backend(s.backend)
     v.json_file("deepspeed_config", s.deepspeed_config)
     check_model_inputs(s)
+    if s.params:
+        check_params_match(s.model, s.model_size, s.params)
+
+
+def check_params_match(model: str, size: str, pattern: str) -> None:
+    """--params must cover something: checked on the architecture built on the meta device (no
+    memory, no weights), not after adaptation."""
+    import torch
+
+    from bioprune.engine.models import build_model, trainable_parameters
+
+    with torch.device("meta"):
+        module = build_model(model, size).module
+    if not trainable_parameters(module, pattern):
+        names = [n for n, _ in trainable_parameters(module)]
+        fail(f"--params {pattern!r} matches no trainable parameter of {model} {size} (names "
+             f"look like {', '.join(names[:3])}, ...); fix the pattern")
 
 
 def begin_scoring(s, keys) -> Path | None:

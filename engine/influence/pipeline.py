@@ -103,7 +103,8 @@ def _load_corpus(run: _Run) -> None:
                                     "column": s.column, "id_column": s.id_column,
                                     "cache_dir": str(cache), "stats": run.corpus.stats})
         run.manifest.count(sequences=n, cropped=int((run.corpus.lengths > run.max_res).sum()),
-                           max_residues=run.max_res)
+                           max_residues=run.max_res,
+                           rejected_records=int(run.corpus.stats.get("rejected", 0)))
         run.manifest.timing("corpus", time.time() - t, n)
         run.manifest.save()
 

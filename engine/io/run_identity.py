@@ -122,6 +122,15 @@ def has_results(out: Path) -> bool:
         for c in Path(out).iterdir())
 
 
+def refuse_other(out, config: dict, what: str) -> None:
+    """UsageError when ``out`` holds results of a run with another identity (read-only)."""
+    out = Path(out).expanduser().absolute()
+    diff = _differences(out, config) if has_results(out) else []
+    if diff:
+        fail(f"{out} holds a {what} made with other settings or inputs ({'; '.join(diff)}); "
+             "use a new --out, or pass --overwrite to start it afresh")
+
+
 def open_run(out, config: dict, *, what: str, overwrite: bool = False, keep=KEEP) -> None:
     """Collective: lock ``out``, clear it (``overwrite``) or refuse another identity, write the
     identity. Every rank raises the same UsageError if rank 0 refuses."""
@@ -134,11 +143,7 @@ def open_run(out, config: dict, *, what: str, overwrite: bool = False, keep=KEEP
             note = lock.acquire(out, what)
             if overwrite:
                 clear(out, keep)
-            diff = _differences(out, config) if has_results(out) else []
-            if diff:
-                fail(f"{out} holds a {what} made with other settings or inputs "
-                     f"({'; '.join(diff)}); use a new --out, or pass --overwrite to start it "
-                     "afresh")
+            refuse_other(out, config, what)
             run_config.write_run_config(out, config)
         except UsageError as e:
             err = str(e)

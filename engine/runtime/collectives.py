@@ -139,6 +139,4 @@ def raise_together(comm: Comm, error_local: str | None, exc_type=RuntimeError) -
     rank's message (so all ranks stop together instead of some hanging in the next collective)."""
     err = agree(comm, error_local)
     if err:
-        exc = exc_type(err)
-        exc.collective = True       # every rank raises it: one of them reports it
-        raise exc
+        raise exc_type(err)

@@ -182,11 +182,14 @@ def run_distributed(fn, *args, out=None) -> int:
         init()
         return fn(*args)
     except UsageError as e:
-        together = getattr(e, "collective", False) or world_size() == 1
-        if rank() == 0 or not together:
-            where = "" if together else f"(rank {rank()}) "
-            print(f"error: {where}{e}", file=sys.stderr, flush=True)
-        if not together:   # the other ranks may wait in a collective: do not join a barrier
+        # Engine errors are collective by design (agreed, or deterministic on every rank): rank 0
+        # reports. One raised on a single rank says so (``local = True``): it reports, and leaves
+        # without the closing barrier the other ranks may never reach.
+        local = getattr(e, "local", False) and world_size() > 1
+        if rank() == 0 or local:
+            print(f"error: {f'(rank {rank()}) ' if local and rank() else ''}{e}",
+                  file=sys.stderr, flush=True)
+        if local:
             lock.release_all()
             os._exit(2)
         return 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import validate as v
-from bioprune.engine.runtime.errors import fail
+from bioprune.engine.runtime.errors import UsageError, fail
 from bioprune.engine.selection.report import CORESET, FASTA, PLOT, REPORT
 
 FILES = (CORESET, REPORT, PLOT, FASTA)
@@ -47,9 +47,10 @@ def check_select_settings(s) -> None:
         fail(f"--corpus-cache {s.corpus_cache}: is a file, not a directory")
 
 
-def begin_selection(s) -> None:
-    """Check everything, then lock --out and record this selection's identity (another
-    selection there is refused unless --overwrite)."""
+def begin_selection(s) -> dict:
+    """Check everything and refuse an --out that holds another selection (unless --overwrite);
+    returns this selection's identity. Nothing is created yet: --out is locked and written only
+    when the outputs are (:func:`write_unit`), so a selection that fails leaves no directory."""
     v.checked_together(check_select_settings, s)
     out = Path(s.out).expanduser().absolute()
     scores = Path(s.scores)
@@ -57,13 +58,44 @@ def begin_selection(s) -> None:
     config = run_identity.identity(s, IDENTITY_KEYS, data=False, checkpoint=False)
     config["scores"] = {"dir": str(scores), "success": success.read_text().strip()
                         if success.is_file() else None}
-    if not getattr(s, "overwrite", False) and out.is_dir() \
-            and not (out / "run_config.json").exists():
+    err = None
+    try:
+        if not s.overwrite:
+            _refuse_earlier(out, config)
+    except UsageError as e:
+        err = str(e)
+    run_identity._together(err)
+    return config
+
+
+def _refuse_earlier(out: Path, config: dict) -> None:
+    if out.is_dir() and not (out / "run_config.json").exists():
         old = [f for f in FILES if (out / f).exists()]
         if old:
             fail(f"--out {out} holds an earlier selection ({', '.join(old)}) with no record of "
                  "its settings; pass --overwrite to replace it, or pick another --out")
-    run_identity.open_run(out, config, what="selection", overwrite=getattr(s, "overwrite", False))
+    run_identity.refuse_other(out, config, "selection")
+
+
+def write_unit(s, config: dict, write) -> None:
+    """Rank 0: lock --out, check again that no other selection landed there meanwhile, let
+    ``write(stage)`` write the outputs into a staging directory, and :func:`commit` them."""
+    from bioprune.engine.runtime import lock
+
+    out = Path(s.out).expanduser().absolute()
+    note = lock.acquire(out, "selection")
+    if note:
+        print(note, flush=True)
+    if s.overwrite:
+        run_identity.clear(out, keep=run_identity.KEEP + tuple(FILES))
+    else:
+        _refuse_earlier(out, config)
+    stage = staging(out)
+    try:
+        write(stage)
+        commit(stage, out, config)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def staging(out) -> Path:
@@ -73,10 +105,12 @@ def staging(out) -> Path:
     return stage
 
 
-def commit(stage: Path, out) -> None:
+def commit(stage: Path, out, config: dict | None = None) -> None:
     """Move the staged outputs into ``out`` as one unit: the old selection.json goes first (no
-    complete selection while files change), then the old set, then the new files, the new
-    selection.json last."""
+    complete selection while files change), then the old set, then the new files and identity,
+    the new selection.json last."""
+    from bioprune.engine.io import run_config
+
     out = Path(out)
     (out / REPORT).unlink(missing_ok=True)
     new = {p.name for p in stage.iterdir()}
@@ -85,6 +119,8 @@ def commit(stage: Path, out) -> None:
             (out / name).unlink(missing_ok=True)
     for name in sorted(new - {REPORT}):
         os.replace(stage / name, out / name)
+    if config is not None:
+        run_config.write_run_config(out, config)
     if REPORT in new:
         os.replace(stage / REPORT, out / REPORT)
     shutil.rmtree(stage, ignore_errors=True)

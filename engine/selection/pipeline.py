@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bioprune.engine.io.scores import ScoresError, read_share
 from bioprune.engine.runtime.collectives import Comm, raise_together
+from bioprune.engine.runtime.errors import UsageError
 from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
 from bioprune.engine.selection.rules import SelectionError, budget_from_fraction
 
@@ -63,10 +64,10 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
 def run_selection(s: SelectSettings) -> SelectionResult:
     """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
     ScoresError / SelectionError."""
-    from bioprune.engine.selection.checks import begin_selection, commit, staging
+    from bioprune.engine.selection.checks import begin_selection, write_unit
     from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
 
-    begin_selection(s)          # every flag checked, --out locked, another selection refused
+    identity = begin_selection(s)    # every flag checked; another selection in --out refused
     comm = Comm()
     t0 = time.perf_counter()
     # the corpus is opened (and checked against n) before the selection's heavy work
@@ -80,15 +81,18 @@ def run_selection(s: SelectSettings) -> SelectionResult:
         try:
             if corpus is not None:
                 report["fasta"] = FASTA
-            stage = staging(s.out)     # the new outputs replace the old ones as one unit
-            write_outputs(stage, result.indices, report, plot=not s.no_plot)
-            if corpus is not None:
-                write_fasta(corpus, result.indices, stage / FASTA)
-            commit(stage, s.out)
+            def write(stage):
+                write_outputs(stage, result.indices, report, plot=not s.no_plot)
+                if corpus is not None:
+                    write_fasta(corpus, result.indices, stage / FASTA)
+
+            write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
             paths = {"coreset": Path(s.out) / "coreset.npy"}
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
                   f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
                   f"{paths['coreset']}", flush=True)
+        except UsageError as e:        # --out taken meanwhile: by a lock or another selection
+            err = str(e)
         except Exception as e:  # noqa: BLE001 - every rank must learn of it
             err = f"writing the outputs failed: {e}"
     raise_together(comm, err, SelectionError)

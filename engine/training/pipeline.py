@@ -89,7 +89,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
         manifest = Manifest(out / "manifest.json", "pretrain", vars(s), world)
         manifest.count(corpus=n, train=len(train_idx), heldout=len(heldout),
                        removed_for_heldout=int(overlap.sum()), epochs=epochs,
-                       cropped=int((corpus.lengths[train_idx] > max_res).sum()))
+                       cropped=int((corpus.lengths[train_idx] > max_res).sum()),
+                       rejected_records=int(corpus.stats.get("rejected", 0)))
         manifest.save()
     result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
                    heldout=heldout, metrics_csv=out / "metrics.csv",
