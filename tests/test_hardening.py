@@ -8,7 +8,6 @@ argument parsing, the top-level handler, exit codes); the few cases that need a 
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import socket
@@ -150,7 +149,7 @@ CASES = [
     ("steps-zero", "pretrain", PRETRAIN + ["--steps", "0"], "--steps must be >= 1", 2),
     ("pretrain-protein-into-rnafm", "pretrain", ["--data", "{prot}", "--all", "--out", "{out}"], "looks like protein", 2),
     # --- selection
-    ("scores-missing", "select_coreset", ["--scores", "{tmp}/nope", "--strategy", "topk", "--budget", "5", "--out", "{out}"], "nope: no such directory", 2),
+    ("scores-missing", "select_coreset", ["--scores", "{tmp}/nope", "--strategy", "topk", "--budget", "5", "--out", "{out}"], "nope: directory does not exist", 2),
     ("scores-is-a-file", "select_coreset", ["--scores", "{file}", "--strategy", "topk", "--budget", "5", "--out", "{out}"], "is a file", 2),
     ("scores-unfinished", "select_coreset", ["--scores", "{unfinished}", "--strategy", "topk", "--budget", "5", "--out", "{out}"], "_SUCCESS", 2),
     ("fraction-above-one", "select_coreset", SELECT + ["--fraction", "1.5"], "--fraction 1.5: must be a finite number > 0 and <= 1", 2),
@@ -369,6 +368,26 @@ def test_rendezvous_port_taken_is_one_line(ctx, tmp_path):
     assert p.returncode == 2, p.stderr
     assert f"rendezvous port {port} is already in use" in p.stderr
     assert "deepspeed --master_port" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_mpi_without_master_port_picks_a_free_port(ctx, tmp_path):
+    # DeepSpeed's MPI discovery would put every job on port 29500; bioprune's rank 0 picks a
+    # free port and broadcasts it (MASTER_PORT, when set, is used as given)
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    e = env()
+    e.pop("MASTER_PORT", None)
+    with socket.socket() as s:        # even with 29500 taken
+        try:
+            s.bind(("", 29500))
+            s.listen()
+        except OSError:
+            pass                      # already taken by someone else: the same situation
+        p = subprocess.run([str(mpiexec), "-n", "2", sys.executable,
+                            str(LAUNCH / "select_coreset.py"), "--scores", ctx["run"],
+                            "--strategy", "cci", "--budget", "10", "--out", str(tmp_path / "s")],
+                           env=e, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert len(np.load(tmp_path / "s" / "coreset.npy")) == 10
 
 
 def test_a_real_bug_keeps_its_traceback(ctx, tmp_path, capsys, monkeypatch):

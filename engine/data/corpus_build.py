@@ -377,7 +377,8 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
         w.close(sync=ok)
     if on_invalid == "skip":
         rows = ["file\trecord\tid\treason"] + [
-            f"{_tsv_field(r['file'])}\t{r['record']}\t{_tsv_field(r['id'])}\t{_tsv_field(r['reason'])}"
+            "\t".join((_tsv_field(r["file"]), str(r["record"]), _tsv_field(r["id"]),
+                       _tsv_field(r["reason"])))
             for r in rejected]
         write_text(tmp / REJECTED, "\n".join(rows) + "\n")
     n = w.n

@@ -86,7 +86,8 @@ def single_process_env() -> None:
     complete env:// rendezvous on a free local port. Without it DeepSpeed falls back to MPI
     discovery with the fixed port 29500, and a second job on the machine dies with EADDRINUSE.
     A MASTER_PORT set by the user is kept."""
-    if launched_distributed() or launched_by_mpi() or (dist.is_available() and dist.is_initialized()):
+    if launched_distributed() or launched_by_mpi() or (dist.is_available()
+                                                         and dist.is_initialized()):
         return
     want = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port())}

@@ -23,7 +23,8 @@ IDENTITY_KEYS = ("strategy", "budget", "fraction", "hard_cutoff", "strata", "see
 def resolve_scores(path: str) -> str:
     p = Path(path).expanduser().absolute()
     if not p.exists():
-        fail(f"--scores {path}: no such directory; pass a scoring run (RUN) or its RUN/scores")
+        fail(f"--scores {path}: directory does not exist; pass a scoring run (RUN) or its "
+             "RUN/scores")
     if not p.is_dir():
         fail(f"--scores {path}: is a file; pass a scoring run's directory or its scores/")
     inner = p / "scores"
@@ -99,7 +100,7 @@ def write_unit(s, config: dict, write) -> None:
 
 
 def staging(out) -> Path:
-    """A fresh directory inside ``out`` for the new outputs (same filesystem: renames are atomic)."""
+    """A fresh directory inside ``out`` for the new outputs (one filesystem: atomic renames)."""
     stage = Path(out) / f".selection-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     stage.mkdir(parents=True)
     return stage
