@@ -27,16 +27,16 @@ unfinished scores directory) ends every rank with one line "error: ..." and exit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from bioprune.engine.cli import HelpFormatter, add_local_rank_arg
+from bioprune.engine.cli import HelpFormatter, add_local_rank_arg, add_run_args, main_of
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--scores", required=True, metavar="DIR",
-                   help="a finished scores directory (RUN/scores: part-*.parquet + _SUCCESS)")
+                   help="a finished scoring run (RUN) or its scores directory (RUN/scores: "
+                        "part-*.parquet + _SUCCESS)")
     p.add_argument("--strategy", required=True, choices=("topk", "cci", "random", "cluster"),
                    help="topk: the k highest scores (ties to the smaller index); cci: hard "
                         "cut-off + K equal-width strata + Algorithm 1 budgets + hashed picks; "
@@ -83,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hist-bins", type=int, default=100,
                    help="bins of the score histogram (selection.json and the PNG)")
     p.add_argument("--no-plot", action="store_true", help="do not draw score_histogram.png")
+    add_run_args(p, inputs=False)
     add_local_rank_arg(p)
     args = p.parse_args(argv)
     if args.strategy == "cluster" and args.data is None:
@@ -94,38 +95,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> int:
     from bioprune.engine.cli import settings_from_args
-    from bioprune.engine.io.scores import ScoresError
     from bioprune.engine.selection.pipeline import SelectSettings, run_selection
-    from bioprune.engine.selection.rules import SelectionError
 
-    try:
-        run_selection(settings_from_args(SelectSettings, args))
-    except (ScoresError, SelectionError) as e:
-        from bioprune.engine.runtime import distributed
-
-        if distributed.rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+    run_selection(settings_from_args(SelectSettings, args))
     return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from bioprune.engine.runtime import distributed
-
-    distributed.init()
-    try:
-        code = run(args)
-    except BaseException:  # noqa: BLE001 - an unexpected failure on one rank
-        # Exit at once without the group's closing barrier (the other ranks may be waiting in
-        # another collective); the launcher then stops them.
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    distributed.finalize()
-    return code
+main = main_of(parse_args, run)
 
 
 if __name__ == "__main__":

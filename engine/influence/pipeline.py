@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bioprune.engine.influence.checks import begin_scoring
 from bioprune.engine.influence.passes import DEFAULT_DAMPING
-from bioprune.engine.io import run_config
 from bioprune.engine.io.atomic import atomic_path, save_npy
 from bioprune.engine.io.manifest import Manifest
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
@@ -72,6 +72,9 @@ class _Run:
 def run_scoring(settings: ScoreSettings) -> Path:
     """Adapt, Fisher and score into ``settings.out``; returns the scores directory."""
     t0 = time.time()
+    finished = begin_scoring(settings, RESULT_KEYS)   # all flags checked; --out locked
+    if finished is not None:
+        return finished
     run = _start(settings)
     _load_corpus(run)
     _draw_subset(run)
@@ -85,14 +88,7 @@ def run_scoring(settings: ScoreSettings) -> Path:
 
 def _start(s: ScoreSettings) -> _Run:
     out = Path(s.out).expanduser().absolute()
-    config = run_config.result_config(s, RESULT_KEYS)
-    run_config.check_same_run(out, config)   # on every rank, so all of them stop together
     rank, world = distributed.rank(), distributed.world_size()
-    distributed.barrier()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        run_config.write_run_config(out, config)
-    distributed.barrier()
     manifest = Manifest(out / "manifest.json", "score", vars(s), world) if rank == 0 else None
     return _Run(s, out, rank, world, manifest)
 
@@ -107,7 +103,8 @@ def _load_corpus(run: _Run) -> None:
                                     "column": s.column, "id_column": s.id_column,
                                     "cache_dir": str(cache), "stats": run.corpus.stats})
         run.manifest.count(sequences=n, cropped=int((run.corpus.lengths > run.max_res).sum()),
-                           max_residues=run.max_res)
+                           max_residues=run.max_res,
+                           rejected_records=int(run.corpus.stats.get("rejected", 0)))
         run.manifest.timing("corpus", time.time() - t, n)
         run.manifest.save()
 
