@@ -30,6 +30,10 @@ def parse_args(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a config value, e.g. --set training.steps=200 --set 'seeds=[0]'")
     p.add_argument("--dry-run", action="store_true", help="print the plan and time estimate only")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="a second worker beside a running study: evaluate every trained arm that "
+                        "is not evaluated yet, waiting for the others to finish training (on a "
+                        "CPU give each process OMP_NUM_THREADS=1); the main run then skips them")
     return p.parse_args(argv)
 
 
@@ -49,7 +53,11 @@ def main(argv=None) -> int:
         overrides["training.mode"] = "epochs"
         overrides["training.epochs"] = args.epochs
     cfg = load_config(args.config, overrides)
-    Study(cfg, args.out, ranks=args.ranks, init=args.init).run(dry_run=args.dry_run)
+    study = Study(cfg, args.out, ranks=args.ranks, init=args.init)
+    if args.evaluate_only:
+        study.evaluate_ready()
+    else:
+        study.run(dry_run=args.dry_run)
     return 0
 
 

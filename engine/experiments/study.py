@@ -37,6 +37,7 @@ from bioprune.engine.experiments.config import budget as rate_budget
 from bioprune.engine.io.atomic import save_npy, write_json
 
 MARKER = "_DONE.json"
+CLAIM = ".claimed"          # an evaluation taken by an --evaluate-only worker
 
 
 def repo_root() -> Path:
@@ -393,6 +394,47 @@ class Study:
         self.write_manifest(steps, wall, time.time() - t0)
         self.log(f"results: {self.out / 'results.md'} (total {(time.time() - t0) / 60:.1f} min)")
         return summary
+
+    def evaluate_ready(self, poll_s: float = 20.0) -> int:
+        """Worker mode: run every evaluation whose model is trained and that no one has claimed,
+        until every evaluation is done. A claim is a file created exclusively in the step's
+        directory, so two workers never run the same evaluation; the main run skips finished
+        ones by their markers. Returns the number of evaluations run here."""
+        evals = [s for s in self.plan() if s.phase == "evaluate"]
+        ran = 0
+        while True:
+            pending = [s for s in evals if not s.done]
+            if not pending:
+                self.log(f"evaluate-only: all {len(evals)} evaluations done ({ran} here)")
+                return ran
+            ready = [s for s in pending if self._trained(s) and self._claim(s)]
+            if not ready:
+                time.sleep(poll_s)
+                continue
+            s = ready[0]
+            self.log(f"[evaluate-only] {s.name} ...")
+            t = time.time()
+            info = s.run() or {}
+            write_json(s.dir / MARKER, {"step": s.name, "phase": s.phase,
+                                        "wall_s": round(time.time() - t, 2), "worker": "evaluate-only",
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+            ran += 1
+            for other in ready[1:]:      # give back the claims not used this round
+                (other.dir / CLAIM).unlink(missing_ok=True)
+
+    @staticmethod
+    def _trained(step: Step) -> bool:
+        pre = step.dir.parent / "pretrain"
+        return step.dir.parent.parent.name == "init" or (pre / MARKER).exists()
+
+    @staticmethod
+    def _claim(step: Step) -> bool:
+        step.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(step.dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
 
     def write_manifest(self, steps: list[Step], wall_now: dict, total: float) -> None:
         """manifest.json: config, commands, versions, commit, wall time per phase (all runs)."""
