@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ESM_RUNTIME := attrs biopython biotite brotli cloudpathlib einops httpx msgpack-numpy pandas \
                scikit-learn tenacity zstd
 
-.PHONY: install demo demo-esm2 test bench clean
+.PHONY: install demo demo-esm2 test bench clean experiment experiment-quick
 
 install: $(STAMP)
 
@@ -38,6 +38,15 @@ test: install
 
 bench: install
 	$(PY) launch/bench/scoring.py
+
+# The pruning study (issue 9): RNA tiny, <= 90 min on a 2-core CPU; rerun to resume.
+EXPERIMENT_CONFIG ?= configs/experiments/rna-tiny.toml
+EXPERIMENT_OUT    ?= runs/experiment-rna-tiny
+experiment: install
+	$(PY) launch/experiment.py --config $(EXPERIMENT_CONFIG) --out $(EXPERIMENT_OUT)
+
+experiment-quick: install
+	$(PY) launch/experiment.py --config configs/experiments/rna-quick.toml --out runs/experiment-quick
 
 clean:
 	rm -rf runs build *.egg-info

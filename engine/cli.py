@@ -57,6 +57,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "RNA-FM_pretrained.pth; nothing is ever downloaded")
 
 
+def add_run_args(p: argparse.ArgumentParser, inputs: bool = True) -> None:
+    """--overwrite (every launcher); --molecule and --on-invalid (launchers that read --data)."""
+    g = p.add_argument_group("run directory and bad input")
+    g.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run of other settings or inputs: start it afresh (its "
+                        "outputs are deleted; the corpus cache is kept) instead of refusing")
+    if not inputs:
+        return
+    g.add_argument("--molecule", choices=("rna", "protein"), default=None,
+                   help="what --data holds; default: guessed from the first records and "
+                        "refused when it is not what --model reads (RNA given to esmc)")
+    g.add_argument("--on-invalid", choices=("error", "skip"), default="error",
+                   help="records with characters outside the alphabet, or empty: 'error' lists "
+                        "the first 20 (file, record, id, what) and stops; 'skip' drops them, "
+                        "lists them in OUT/rejected.tsv and counts them in the manifest (the "
+                        "corpus index then runs over the kept records)")
+
+
 def add_local_rank_arg(p) -> None:
     p.add_argument("--local_rank", type=int, default=-1,
                    help="set by the deepspeed launcher; do not pass by hand")
@@ -119,6 +137,7 @@ def main_of(parse_args, run):
     from bioprune.engine.runtime.distributed import run_distributed
 
     def main(argv=None) -> int:
-        return run_distributed(run, parse_args(argv))
+        args = parse_args(argv)
+        return run_distributed(run, args, out=getattr(args, "out", None))
 
     return main

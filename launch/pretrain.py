@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 main_of, model_inputs, settings_from_args)
+                                 add_run_args, main_of, model_inputs, settings_from_args)
 from bioprune.engine.training.pipeline import PretrainSettings, run_pretraining
 
 
@@ -25,6 +25,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_data_args(p)
     add_model_args(p)
+    add_run_args(p)
     what = p.add_argument_group("training set").add_mutually_exclusive_group(required=True)
     what.add_argument("--indices", metavar="NPY",
                       help="corpus indices to train on: a coreset.npy, subset.npy or any int64 .npy")

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 main_of, model_inputs, settings_from_args)
+                                 add_run_args, main_of, model_inputs, settings_from_args)
 from bioprune.engine.influence.pipeline import ScoreSettings, run_scoring
 from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW
 
@@ -25,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_data_args(p)
     add_model_args(p)
+    add_run_args(p)
     g = p.add_argument_group("influence")
     s = g.add_mutually_exclusive_group()
     s.add_argument("--subset-size", type=int, default=None,

@@ -27,20 +27,22 @@ unfinished scores directory) ends every rank with one line "error: ..." and exit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from bioprune.engine.cli import HelpFormatter, add_local_rank_arg
+from bioprune.engine.cli import HelpFormatter, add_local_rank_arg, add_run_args, main_of
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--scores", required=True, metavar="DIR",
-                   help="a finished scores directory (RUN/scores: part-*.parquet + _SUCCESS)")
-    p.add_argument("--strategy", required=True, choices=("topk", "cci", "random"),
+                   help="a finished scoring run (RUN) or its scores directory (RUN/scores: "
+                        "part-*.parquet + _SUCCESS)")
+    p.add_argument("--strategy", required=True, choices=("topk", "cci", "random", "cluster"),
                    help="topk: the k highest scores (ties to the smaller index); cci: hard "
                         "cut-off + K equal-width strata + Algorithm 1 budgets + hashed picks; "
-                        "random: the m smallest keys hash(seed, index)")
+                        "random: the m smallest keys hash(seed, index); cluster: MMseqs2 cluster "
+                        "representatives of the scored corpus (the redundancy-reduction "
+                        "baseline; scores unused; needs the corpus: --data or the run's manifest)")
     b = p.add_mutually_exclusive_group(required=True)
     b.add_argument("--budget", type=int, metavar="M",
                    help="coreset size (topk/random: 1..n; cci: 1..n - floor(beta*n))")
@@ -51,7 +53,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strata", type=int, default=50, metavar="K",
                    help="cci: number of equal-width strata over the retained score range")
     p.add_argument("--seed", type=int, default=0,
-                   help="cci/random: keys hash(seed, corpus index) order the picks")
+                   help="cci/random/cluster: keys hash(seed, corpus index) order the picks")
+    c = p.add_argument_group("cluster (MMseqs2)")
+    c.add_argument("--cluster-identity", type=float, default=0.5, metavar="ID",
+                   help="minimum sequence identity within a cluster (mmseqs --min-seq-id)")
+    c.add_argument("--cluster-coverage", type=float, default=0.8, metavar="C",
+                   help="minimum alignment coverage of query and target (mmseqs -c, --cov-mode 0)")
+    c.add_argument("--cluster-mode", choices=("cluster", "linclust"), default="cluster",
+                   help="easy-cluster (reproducible run to run) or easy-linclust (linear time, for "
+                        "very large corpora; its clusters can differ between runs)")
+    c.add_argument("--threads", type=int, default=1, help="MMseqs2 threads")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--data", nargs="*", default=None, metavar="PATH",
                    help="also write coreset.fasta from the corpus: the input files in corpus "
@@ -72,8 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hist-bins", type=int, default=100,
                    help="bins of the score histogram (selection.json and the PNG)")
     p.add_argument("--no-plot", action="store_true", help="do not draw score_histogram.png")
+    add_run_args(p, inputs=False)
     add_local_rank_arg(p)
     args = p.parse_args(argv)
+    if args.strategy == "cluster" and args.data is None:
+        args.data = []   # the corpus is needed: the scoring run's inputs unless --data names them
     if args.hist_bins < 1:
         p.error("--hist-bins must be >= 1")
     return args
@@ -81,38 +95,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args) -> int:
     from bioprune.engine.cli import settings_from_args
-    from bioprune.engine.io.scores import ScoresError
     from bioprune.engine.selection.pipeline import SelectSettings, run_selection
-    from bioprune.engine.selection.rules import SelectionError
 
-    try:
-        run_selection(settings_from_args(SelectSettings, args))
-    except (ScoresError, SelectionError) as e:
-        from bioprune.engine.runtime import distributed
-
-        if distributed.rank() == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+    run_selection(settings_from_args(SelectSettings, args))
     return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from bioprune.engine.runtime import distributed
-
-    distributed.init()
-    try:
-        code = run(args)
-    except BaseException:  # noqa: BLE001 - an unexpected failure on one rank
-        # Exit at once without the group's closing barrier (the other ranks may be waiting in
-        # another collective); the launcher then stops them.
-        import traceback
-
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    distributed.finalize()
-    return code
+main = main_of(parse_args, run)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ class Corpus:
 
 
 def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
-                id_column: str | None = None) -> Corpus:
+                id_column: str | None = None, on_invalid: str = "error") -> Corpus:
     """Open the corpus cached in ``cache_dir`` if it was built from the same inputs (paths,
     sizes, mtimes, molecule, column, id column); otherwise build it. Under a distributed launch
     rank 0 builds while the other ranks wait at a barrier; then every rank opens it.
@@ -219,7 +219,7 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
     err = None
     if distributed.is_main():
         try:
-            _check_or_build(paths, molecule, cache_dir, column, id_column)
+            _check_or_build(paths, molecule, cache_dir, column, id_column, on_invalid)
         except BaseException as e:  # every rank must reach the barrier
             err = e
     distributed.barrier()
@@ -229,11 +229,12 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
         raise CorpusError("rank 0 failed to build the corpus (see its error)", path=cache_dir)
     corpus = Corpus.open(cache_dir)
     if not distributed.is_main():
-        check_matches(corpus.stats, paths, molecule, cache_dir, column, id_column)
+        check_matches(corpus.stats, paths, molecule, cache_dir, column, id_column, on_invalid)
     return corpus
 
 
-def _check_or_build(paths, molecule, cache_dir: Path, column, id_column) -> None:
+def _check_or_build(paths, molecule, cache_dir: Path, column, id_column,
+                    on_invalid: str = "error") -> None:
     meta_path = cache_dir / META
     if meta_path.exists():
         try:
@@ -241,9 +242,10 @@ def _check_or_build(paths, molecule, cache_dir: Path, column, id_column) -> None
         except (OSError, ValueError) as e:
             raise CorpusError(f"unreadable corpus.json ({e})", path=cache_dir,
                               hint="delete the cache dir and build again") from None
-        check_matches(meta, paths, molecule, cache_dir, column, id_column)
+        check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invalid)
         return
     if cache_dir.exists() and cache_dir.is_dir() and any(cache_dir.iterdir()):
         raise CorpusError("cache dir is not empty and holds no corpus", path=cache_dir,
                           hint="pick another cache dir or delete this one")
-    build_corpus(paths, molecule, cache_dir, column=column, id_column=id_column)
+    build_corpus(paths, molecule, cache_dir, column=column, id_column=id_column,
+                 on_invalid=on_invalid)

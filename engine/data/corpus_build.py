@@ -17,7 +17,7 @@ from bioprune.engine.data.alphabets import Alphabet, get_alphabet
 from bioprune.engine.data.readers import CorpusError, InputSpec, RawBatch, iter_batches, resolve_input
 from bioprune.engine.data.corpus_cache import (META, as_paths, describe_mismatch, identity_of_meta,
                                               input_identity, read_meta)
-from bioprune.engine.io.atomic import write_json
+from bioprune.engine.io.atomic import write_json, write_text
 
 FORMAT_VERSION = 1
 _FILES = {
@@ -147,6 +147,81 @@ def _normalise(batch: RawBatch, alpha: Alphabet):
     return out, offs, raw_counts, stops
 
 
+ON_INVALID = ("error", "skip")
+MAX_LISTED = 20          # bad records listed in one error (error mode stops scanning there)
+REJECTED = "rejected.tsv"
+
+
+def _one(batch: RawBatch, j: int) -> RawBatch:
+    a, b = int(batch.offsets[j]), int(batch.offsets[j + 1])
+    nulls = None if batch.nulls is None else batch.nulls[j:j + 1]
+    return RawBatch(batch.data[a:b], np.array([0, b - a], dtype=np.int64), nulls=nulls)
+
+
+def _all_problems(batch: RawBatch, alpha: Alphabet) -> list[_RecordProblem]:
+    """Every bad record of a batch that :func:`_normalise` rejected, in record order. Candidates
+    are found vectorised (null, empty, a byte outside the alphabet, an interior stop); only they
+    are checked one by one."""
+    n = len(batch)
+    cand = np.zeros(n, dtype=bool)
+    if batch.nulls is not None:
+        cand |= batch.nulls
+    data, offs = _drop_whitespace(batch.data, batch.offsets, alpha.whitespace)
+    cand |= np.diff(offs) == 0
+    bad = np.flatnonzero(alpha.lut[data] == 0)
+    cand[np.searchsorted(offs, bad, side="right") - 1] = True
+    if alpha.stop is not None:
+        star = np.flatnonzero(data == ord(alpha.stop))
+        rec = np.searchsorted(offs, star, side="right") - 1
+        cand[rec[star != offs[rec + 1] - 1]] = True
+    problems = []
+    for j in np.flatnonzero(cand):
+        try:
+            _normalise(_one(batch, int(j)), alpha)
+        except _RecordProblem as p:
+            problems.append(_RecordProblem(int(j), p.problem, p.hint))
+    return problems
+
+
+def _take(batch: RawBatch, keep: np.ndarray, ids: np.ndarray, id_offs: np.ndarray):
+    """(the records ``keep`` of ``batch`` as a RawBatch, their ids, id offsets)."""
+    from bioprune.engine.data.read_fasta import _ranges
+
+    lens = np.diff(batch.offsets)[keep]
+    data = batch.data[_ranges(batch.offsets[:-1][keep], lens)]
+    offs = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offs[1:])
+    ilens = np.diff(id_offs)[keep]
+    new_ids = ids[_ranges(id_offs[:-1][keep], ilens)]
+    ioffs = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(ilens, out=ioffs[1:])
+    nulls = None if batch.nulls is None else batch.nulls[keep]
+    return RawBatch(data, offs, nulls=nulls), new_ids, ioffs
+
+
+def _tsv_field(text: str) -> str:
+    return " ".join(str(text).replace("\t", " ").split())
+
+
+def _too_many_invalid(bad: list, total: int, complete: bool) -> CorpusError:
+    head = (f"{total} invalid records" if complete else
+            f"at least {total} invalid records (reading stopped after {MAX_LISTED})")
+    allowed = ""
+    lines = []
+    for b in bad[:MAX_LISTED]:
+        reason = b["reason"]
+        k = reason.find(" (allowed for ")
+        if k >= 0:   # say once what is allowed, not on every line
+            reason, allowed = reason[:k], reason[k + 2:-1]
+        lines.append(f"  {b['file']}: record {b['record']}"
+                     + (f" (id {b['id']!r})" if b["id"] else "") + f": {reason}")
+    if allowed:
+        lines.append(f"  ({allowed}; check --molecule)")
+    return CorpusError(
+        f"{head}, the first {min(len(bad), MAX_LISTED)} listed below; fix or remove them, or pass "
+        f"--on-invalid skip to drop them (they are then listed in {REJECTED})\n" + "\n".join(lines))
+
+
 # --------------------------------------------------------------------------------------------
 # building
 
@@ -223,9 +298,10 @@ def _extra_counts(alpha: Alphabet, raw_counts: np.ndarray) -> dict:
 
 
 def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_column, identity,
-           chunk_bytes: int, batch_rows: int) -> dict:
+           chunk_bytes: int, batch_rows: int, on_invalid: str = "error") -> dict:
     t0 = time.perf_counter()
     w = _Writer(tmp)
+    rejected: list[dict] = []       # every bad record (skip), or the first MAX_LISTED (error)
     counts = np.zeros(256, dtype=np.int64)
     stops = 0
     hist = np.zeros(1, dtype=np.int64)
@@ -236,19 +312,32 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
             first_index = w.n
             nrec = 0
             nres = 0
+            nrej = 0
             fcounts = np.zeros(256, dtype=np.int64)
             fstops = 0
             for batch in iter_batches(spec, column, id_column, chunk_bytes=chunk_bytes,
                                       batch_rows=batch_rows):
                 if len(batch) == 0:
                     continue
+                ids, id_offs = _fill_ids(batch, spec.name, nrec)
                 try:
                     res, offs, raw_counts, st = _normalise(batch, alpha)
                 except _RecordProblem as p:
-                    rid = batch.record_id(p.j)
-                    raise CorpusError(p.problem, path=spec.display, record=nrec + p.j + 1,
-                                      record_id=rid, hint=p.hint) from None
-                ids, id_offs = _fill_ids(batch, spec.name, nrec)
+                    problems = _all_problems(batch, alpha) or [p]
+                    for q in problems:
+                        rejected.append({"file": spec.display, "record": nrec + q.j + 1,
+                                         "id": batch.record_id(q.j) or "",
+                                         "reason": q.problem, "hint": q.hint})
+                    nrej += len(problems)
+                    if on_invalid == "error" and len(rejected) >= MAX_LISTED:
+                        raise _too_many_invalid(rejected, len(rejected), complete=False)
+                    keep = np.setdiff1d(np.arange(len(batch)), [q.j for q in problems])
+                    batch, ids, id_offs = _take(batch, keep, ids, id_offs)
+                    if len(batch) == 0:
+                        nrec += len(problems)
+                        continue
+                    res, offs, raw_counts, st = _normalise(batch, alpha)
+                    nrec += len(problems)
                 w.add(res, offs, ids, id_offs)
                 fcounts += raw_counts
                 fstops += st
@@ -258,20 +347,43 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
                 hist[: len(bc)] += bc
                 nrec += len(batch)
                 nres += int(offs[-1])
-            if nrec == 0:
+            if nrec == 0 and not nrej:
                 raise CorpusError("empty input file (no records)", path=spec.display,
                                   hint="remove it from the inputs")
+            if nrec == nrej and on_invalid == "skip":
+                first = next(r for r in rejected if r["file"] == spec.display)
+                raise CorpusError(f"all {nrej} records are invalid (record {first['record']}: "
+                                  f"{first['reason']})", path=spec.display,
+                                  hint="check --molecule and the file")
             counts += fcounts
             stops += fstops
-            fmeta = {**ident, "spec": spec.spec, "first_index": first_index, "records": nrec,
+            fmeta = {**ident, "spec": spec.spec, "first_index": first_index, "records": nrec - nrej,
                      "residues": nres, alpha.extra_class: _extra_counts(alpha, fcounts)}
+            if on_invalid == "skip":
+                fmeta["rejected"] = nrej
             if alpha.stop is not None:
                 fmeta["stripped_stops"] = fstops
             files_meta.append(fmeta)
+        if len(rejected) == 1 and on_invalid == "error":
+            b = rejected[0]
+            raise CorpusError(b["reason"], path=b["file"], record=b["record"],
+                              record_id=b["id"] or None,
+                              hint=(b["hint"] or "fix or remove it")
+                              + "; or pass --on-invalid skip to drop bad records")
+        if rejected and on_invalid == "error":
+            raise _too_many_invalid(rejected, len(rejected), complete=True)
         ok = True
     finally:
         w.close(sync=ok)
+    if on_invalid == "skip":
+        rows = ["file\trecord\tid\treason"] + [
+            "\t".join((_tsv_field(r["file"]), str(r["record"]), _tsv_field(r["id"]),
+                       _tsv_field(r["reason"])))
+            for r in rejected]
+        write_text(tmp / REJECTED, "\n".join(rows) + "\n")
     n = w.n
+    if n == 0:
+        raise CorpusError("no valid records in the inputs", hint="check --molecule and the files")
     if n >= 2**63 - 1 or (hist.size and len(hist) - 1 >= 2**31):
         raise CorpusError("a record is longer than 2^31 - 1 residues")
     lens_present = np.flatnonzero(hist)
@@ -298,6 +410,10 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
         "noncanonical_total": int(sum(extra.values())),
         "lowercase_residues": int(counts[ord("a"):ord("z") + 1].sum()),
     }
+    if on_invalid == "skip":
+        # the corpus index runs over the kept records only; rejected.tsv names the others
+        meta["on_invalid"] = "skip"
+        meta["rejected"] = len(rejected)
     if alpha.name == "rna":
         meta["t_read_as_u"] = int(counts[ord("T")] + counts[ord("t")])
     if alpha.stop is not None:
@@ -315,7 +431,8 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
 
 def build_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
                  id_column: str | None = None, *, overwrite: bool = False,
-                 chunk_bytes: int = 8 << 20, batch_rows: int = 65536) -> Path:
+                 chunk_bytes: int = 8 << 20, batch_rows: int = 65536,
+                 on_invalid: str = "error") -> Path:
     """Read ``paths`` once (streaming), validate and normalise every record, and write the
     corpus into ``cache_dir`` atomically (a temporary sibling directory renamed at the end).
     An existing non-empty ``cache_dir`` is an error unless ``overwrite``."""
@@ -329,14 +446,17 @@ def build_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
         if any(cache_dir.iterdir()) and not overwrite:
             raise CorpusError("corpus cache dir is not empty", path=cache_dir,
                               hint="pick another cache dir, delete it, or use load_corpus()")
-    identity = input_identity(specs, alpha.name, column, id_column)
+    if on_invalid not in ON_INVALID:
+        raise CorpusError(f"on_invalid must be one of {ON_INVALID}, not {on_invalid!r}")
+    identity = input_identity(specs, alpha.name, column, id_column, on_invalid)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.parent / f".{cache_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _build(specs, alpha, tmp, column, id_column, identity, chunk_bytes, batch_rows)
+        _build(specs, alpha, tmp, column, id_column, identity, chunk_bytes, batch_rows,
+               on_invalid)
         # inputs must not have changed while we read them
-        after = input_identity(specs, alpha.name, column, id_column)
+        after = input_identity(specs, alpha.name, column, id_column, on_invalid)
         if after != identity:
             raise CorpusError("an input changed while the corpus was being built: "
                               + describe_mismatch(identity, after), hint="build again")

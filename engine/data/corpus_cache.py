@@ -22,9 +22,12 @@ def as_paths(paths) -> list:
     return paths
 
 
-def input_identity(specs: Sequence[InputSpec], molecule: str, column: str, id_column) -> dict:
-    """What decides whether a cache matches a request."""
-    return {
+def input_identity(specs: Sequence[InputSpec], molecule: str, column: str, id_column,
+                   on_invalid: str = "error") -> dict:
+    """What decides whether a cache matches a request (``on_invalid`` only when it is "skip",
+    so caches built before the option existed still match)."""
+    extra = {"on_invalid": on_invalid} if on_invalid != "error" else {}
+    return {**extra,
         "molecule": molecule,
         "column": column,
         "id_column": id_column,
@@ -36,7 +39,8 @@ def input_identity(specs: Sequence[InputSpec], molecule: str, column: str, id_co
 
 
 def identity_of_meta(meta: dict) -> dict:
-    return {
+    extra = {"on_invalid": meta["on_invalid"]} if meta.get("on_invalid", "error") != "error" else {}
+    return {**extra,
         "molecule": meta.get("molecule"),
         "column": meta.get("column"),
         "id_column": meta.get("id_column"),
@@ -48,7 +52,7 @@ def identity_of_meta(meta: dict) -> dict:
 
 
 def describe_mismatch(have: dict, want: dict) -> str:
-    for key in ("molecule", "column", "id_column"):
+    for key in ("molecule", "column", "id_column", "on_invalid"):
         if have.get(key) != want.get(key):
             return f"{key} was {have.get(key)!r}, now {want.get(key)!r}"
     hi, wi = have.get("inputs", []), want.get("inputs", [])
@@ -71,9 +75,9 @@ def read_meta(cache_dir: Path) -> dict | None:
         return None
 
 
-def check_matches(meta, paths, molecule, cache_dir, column, id_column):
+def check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invalid="error"):
     specs = [resolve_input(p) for p in as_paths(paths)]
-    want = input_identity(specs, get_alphabet(molecule).name, column, id_column)
+    want = input_identity(specs, get_alphabet(molecule).name, column, id_column, on_invalid)
     have = identity_of_meta(meta)
     if have != want:
         raise CorpusError(

@@ -15,6 +15,9 @@ from bioprune.engine.data.readers import (_GT, _NL, _WS, CorpusError, InputSpec,
 
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 class _ReadAhead:
     """Reads the next chunk(s) of a file in a background thread (decompression and disk reads
     release the GIL), so reading overlaps with parsing. Bounded: at most ``depth`` chunks wait."""
@@ -72,6 +75,8 @@ def _fasta_batches(spec: InputSpec, chunk_bytes: int) -> Iterator[RawBatch]:
                 chunk = chunks.next()
             except (OSError, EOFError, zlib.error) as e:
                 raise _unreadable(spec, e, records_read=nrec) from e
+            if first and not buf and chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM):]     # a UTF-8 byte-order mark (Windows editors)
             if chunk:
                 buf += chunk
                 cut = buf.rfind(b"\n>")

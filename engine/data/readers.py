@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from bioprune.engine.data.alphabets import WHITESPACE
+from bioprune.engine.runtime.errors import UsageError
 
 __all__ = [
     "CorpusError",
@@ -56,7 +57,7 @@ _NL = ord("\n")
 _GT = ord(">")
 
 
-class CorpusError(ValueError):
+class CorpusError(ValueError, UsageError):
     """A problem with a corpus input or cache. The message names the file, the record (1-based
     record number within the file, and its id when known), the problem, and what to do."""
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from bioprune.engine.data.batching import MaskPlan
+from bioprune.engine.influence.checks import begin_scoring
 from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW, Damping
-from bioprune.engine.io import run_config
 from bioprune.engine.io.atomic import atomic_path, save_npy, write_json
 from bioprune.engine.io.manifest import Manifest
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
@@ -114,8 +114,9 @@ def damping_of(s: ScoreSettings) -> Damping:
 def run_scoring(settings: ScoreSettings) -> Path:
     """Adapt, Fisher and score into ``settings.out``; returns the scores directory."""
     t0 = time.time()
-    if settings.preset not in (None, *PRESETS):
-        fail(f"unknown preset {settings.preset!r}; choose one of {', '.join(PRESETS)}")
+    finished = begin_scoring(settings, RESULT_KEYS)   # all flags checked; --out locked
+    if finished is not None:
+        return finished
     run = _start(settings)
     _load_corpus(run)
     _draw_subset(run)
@@ -129,14 +130,7 @@ def run_scoring(settings: ScoreSettings) -> Path:
 
 def _start(s: ScoreSettings) -> _Run:
     out = Path(s.out).expanduser().absolute()
-    config = run_config.result_config(s, RESULT_KEYS)
-    run_config.check_same_run(out, config)   # on every rank, so all of them stop together
     rank, world = distributed.rank(), distributed.world_size()
-    distributed.barrier()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        run_config.write_run_config(out, config)
-    distributed.barrier()
     manifest = Manifest(out / "manifest.json", "score", vars(s), world) if rank == 0 else None
     return _Run(s, out, rank, world, manifest)
 
@@ -151,7 +145,8 @@ def _load_corpus(run: _Run) -> None:
                                     "column": s.column, "id_column": s.id_column,
                                     "cache_dir": str(cache), "stats": run.corpus.stats})
         run.manifest.count(sequences=n, cropped=int((run.corpus.lengths > run.max_res).sum()),
-                           max_residues=run.max_res)
+                           max_residues=run.max_res,
+                           rejected_records=int(run.corpus.stats.get("rejected", 0)))
         run.manifest.timing("corpus", time.time() - t, n)
         run.manifest.save()
 

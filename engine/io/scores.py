@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bioprune.engine.io.atomic import atomic_path, write_text
+from bioprune.engine.runtime.errors import UsageError
 
 SUCCESS = "_SUCCESS"
 COLUMNS = ("index", "score", "length", "loss")
@@ -33,7 +34,7 @@ DTYPES = {
 _PART_RE = re.compile(r"^part-(\d{6,})\.parquet$")
 
 
-class ScoresError(ValueError):
+class ScoresError(ValueError, UsageError):
     """Bad or unfinished scores directory, or scores that break the format's guarantees."""
 
 

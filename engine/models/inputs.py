@@ -2,6 +2,7 @@
 model initialises the same on every rank and every run) and the validated corpus."""
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ class ModelInputs:
     id_column: str | None = None
     corpus_cache: str | None = None
     max_length: int | None = None
+    molecule: str | None = None      # what the input holds; None = guess from the first records
+    on_invalid: str = "error"        # bad records: "error" lists them, "skip" drops + counts them
+    overwrite: bool = False          # start --out afresh instead of refusing another run's outputs
 
 
 def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path):
@@ -28,12 +32,28 @@ def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path):
     from bioprune.engine.models import build_model
 
     torch.manual_seed(seed)
-    bundle = build_model(inputs.model, inputs.model_size, inputs.checkpoint)
+    try:
+        bundle = build_model(inputs.model, inputs.model_size, inputs.checkpoint)
+    except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
+        fail(f"--checkpoint {inputs.checkpoint}: cannot load it into --model {inputs.model} "
+             f"--model-size {inputs.model_size} ({e})" if inputs.checkpoint else str(e))
     cache = Path(inputs.corpus_cache).expanduser().absolute() if inputs.corpus_cache else out / "corpus"
     try:
         corpus = load_corpus(inputs.data, bundle.molecule, cache, column=inputs.column,
-                             id_column=inputs.id_column)
+                             id_column=inputs.id_column, on_invalid=inputs.on_invalid)
     except CorpusError as e:
         fail(str(e))
+    _copy_rejected(cache, out)
     max_res = min(inputs.max_length or bundle.max_residues, bundle.max_residues)
     return bundle, corpus, cache, max_res
+
+
+def _copy_rejected(cache: Path, out: Path) -> None:
+    """With --on-invalid skip: the corpus's rejected.tsv (file, record, id, reason) also in OUT."""
+    from bioprune.engine.runtime import distributed
+
+    src = cache / "rejected.tsv"
+    if distributed.is_main() and src.exists() and Path(out) != cache:
+        from bioprune.engine.io.atomic import write_bytes
+
+        write_bytes(Path(out) / "rejected.tsv", src.read_bytes())

@@ -9,6 +9,7 @@ on teardown.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 
 import torch
@@ -41,13 +42,16 @@ def init(backend: str | None = None) -> tuple[int, int]:
         return 0, 1
     import deepspeed
 
-    if mpi:
-        # mpi4py (through DeepSpeed's discovery) fills in RANK/WORLD_SIZE/MASTER_ADDR/PORT
-        deepspeed.init_distributed(dist_backend=backend or default_backend(),
-                                   auto_mpi_discovery=True, verbose=False,
-                                   distributed_port=int(os.environ.get("MASTER_PORT", 29500)))
-    else:
-        deepspeed.init_distributed(dist_backend=backend or default_backend())
+    with port_errors(mpi):
+        if mpi:
+            # mpi4py (through DeepSpeed's discovery) fills in RANK/WORLD_SIZE/MASTER_ADDR/PORT;
+            # DeepSpeed overrides MASTER_PORT with the port given here, so pass the user's, or a
+            # free one that rank 0 picked (never a fixed default two jobs would share)
+            deepspeed.init_distributed(dist_backend=backend or default_backend(),
+                                       auto_mpi_discovery=True, verbose=False,
+                                       distributed_port=mpi_master_port())
+        else:
+            deepspeed.init_distributed(dist_backend=backend or default_backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
@@ -56,25 +60,64 @@ def init(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def single_process_group() -> None:
-    """DeepSpeed's engine needs a process group even in one plain process; its own set-up would
-    make one on port 29500 (MPI discovery overrides MASTER_PORT), which collides with any other
-    job on the machine. Make the 1-rank group here, on a free port, unless one exists."""
-    if dist.is_available() and dist.is_initialized():
-        return
+def free_port() -> int:
     import socket
 
-    import deepspeed
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("LOCAL_RANK", "0")   # DeepSpeed's engine asserts it is set
-    deepspeed.init_distributed(dist_backend=default_backend(), auto_mpi_discovery=False,
-                               verbose=False, rank=0, world_size=1)
-    atexit.register(finalize)
+
+def mpi_master_port() -> int:
+    """MASTER_PORT when set, else a free port picked by rank 0 and broadcast over MPI."""
+    if os.environ.get("MASTER_PORT"):
+        return int(os.environ["MASTER_PORT"])
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return int(comm.bcast(free_port() if comm.Get_rank() == 0 else None, root=0))
+
+
+_SINGLE_ENV: list[str] = []
+
+
+def single_process_env() -> None:
+    """Before DeepSpeed starts a one-process group (plain ``python launch/...``): give it a
+    complete env:// rendezvous on a free local port. Without it DeepSpeed falls back to MPI
+    discovery with the fixed port 29500, and a second job on the machine dies with EADDRINUSE.
+    A MASTER_PORT set by the user is kept."""
+    if launched_distributed() or launched_by_mpi() or (dist.is_available()
+                                                         and dist.is_initialized()):
+        return
+    want = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port())}
+    for k, v in want.items():
+        if k not in os.environ:
+            os.environ[k] = v
+            _SINGLE_ENV.append(k)
+
+
+@contextlib.contextmanager
+def port_errors(mpi: bool = False):
+    """Turn "address already in use" from the rendezvous into one UsageError line saying which
+    port is taken and how to pick another."""
+    from bioprune.engine.runtime.errors import UsageError
+
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - torch raises DistNetworkError / RuntimeError
+        text = str(e)
+        if "EADDRINUSE" not in text and "ddress already in use" not in text:
+            raise
+        port = os.environ.get("MASTER_PORT", "29500")
+        if mpi or launched_by_mpi():
+            how = "set MASTER_PORT to a free port (mpiexec -env MASTER_PORT N, or export it)"
+        elif _SINGLE_ENV or os.environ.get("WORLD_SIZE") == "1":
+            how = "set MASTER_PORT to a free port, or just rerun"
+        else:
+            how = "pass a free port to the launcher: deepspeed --master_port N ..."
+        raise UsageError(f"rendezvous port {port} is already in use (another job on this "
+                         f"machine?); {how}") from None
 
 
 def share_cpu_cores() -> None:
@@ -94,6 +137,8 @@ def finalize() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+    while _SINGLE_ENV:   # the one-process rendezvous set up by single_process_env
+        os.environ.pop(_SINGLE_ENV.pop(), None)
 
 
 def rank() -> int:
@@ -119,18 +164,67 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def run_distributed(fn, *args) -> int:
+def run_distributed(fn, *args, out=None) -> int:
     """Join the process group (if launched by deepspeed / MPI), run ``fn(*args)``, always leave
-    the group cleanly; a :class:`UsageError` becomes one line on stderr and exit code 2."""
+    the group cleanly. The top-level handler of every launcher:
+
+    * a :class:`UsageError` (a flag, a file, a run directory; CorpusError / ScoresError /
+      SelectionError are ones too) becomes one line ``error: ...`` on stderr and exit code 2;
+    * Ctrl-C: one line saying that rerunning resumes, exit code 130;
+    * anything else is a bug: its traceback stays, is also saved to ``OUT/bioprune-error.log``
+      (when ``out`` exists), and the exit code is 1.
+    """
     import sys
 
+    from bioprune.engine.runtime import lock
     from bioprune.engine.runtime.errors import UsageError
 
-    init()
     try:
+        init()
         return fn(*args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        # Engine errors are collective by design (agreed, or deterministic on every rank): rank 0
+        # reports. One raised on a single rank says so (``local = True``): it reports, and leaves
+        # without the closing barrier the other ranks may never reach.
+        local = getattr(e, "local", False) and world_size() > 1
+        if rank() == 0 or local:
+            print(f"error: {f'(rank {rank()}) ' if local and rank() else ''}{e}",
+                  file=sys.stderr, flush=True)
+        if local:
+            lock.release_all()
+            os._exit(2)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with the same --out to resume",
+              file=sys.stderr, flush=True)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback, say where it is saved
+        import traceback
+
+        text = traceback.format_exc()
+        sys.stderr.write(text)
+        log = _save_log(out, text)
+        print(f"bioprune: unexpected error on rank {rank()} (a bug, not a usage mistake): the "
+              "traceback is above" + (f" and in {log}" if log else "") + "; please report it",
+              file=sys.stderr, flush=True)
+        if world_size() > 1:   # the other ranks may wait in a collective; the launcher stops them
+            lock.release_all()
+            os._exit(1)
+        return 1
     finally:
+        lock.release_all()
         finalize()
+
+
+def _save_log(out, text: str):
+    from pathlib import Path
+
+    if out is None or not Path(out).is_dir():
+        return None
+    name = "bioprune-error.log" if world_size() == 1 else f"bioprune-error-rank{rank()}.log"
+    path = Path(out).absolute() / name
+    try:
+        path.write_text(text)
+    except OSError:
+        return None
+    return path

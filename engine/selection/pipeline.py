@@ -12,8 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from bioprune.engine.io.scores import ScoresError, read_share
 from bioprune.engine.runtime.collectives import Comm, raise_together
+from bioprune.engine.runtime.errors import UsageError
 from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
 from bioprune.engine.selection.rules import SelectionError, budget_from_fraction
 
@@ -36,6 +39,11 @@ class SelectSettings:
     no_validate: bool = False
     hist_bins: int = HIST_BINS
     no_plot: bool = False
+    cluster_identity: float = 0.5     # --strategy cluster: MMseqs2 --min-seq-id
+    cluster_coverage: float = 0.8     # MMseqs2 -c (coverage of query and target)
+    cluster_mode: str = "cluster"     # easy-cluster (reproducible) or easy-linclust (linear time)
+    threads: int = 1
+    overwrite: bool = False            # replace another selection's outputs in out
 
 
 def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
@@ -62,8 +70,13 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
 def run_selection(s: SelectSettings) -> SelectionResult:
     """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
     ScoresError / SelectionError."""
-    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+    from bioprune.engine.selection.checks import begin_selection, write_unit
+    from bioprune.engine.selection.report import (FASTA, LENGTH_PLOT, plot_score_vs_length,
+                                                  write_fasta, write_outputs)
 
+    identity = begin_selection(s)    # every flag checked; another selection in --out refused
+    if s.strategy == "cluster":
+        return run_cluster_selection(s, identity)
     comm = Comm()
     t0 = time.perf_counter()
     # the corpus is opened (and checked against n) before the selection's heavy work
@@ -77,17 +90,20 @@ def run_selection(s: SelectSettings) -> SelectionResult:
         try:
             if corpus is not None:
                 report["fasta"] = FASTA
-            paths = write_outputs(s.out, result.indices, report, plot=not s.no_plot)
-            if not s.no_plot:
-                from bioprune.engine.selection.report import LENGTH_PLOT, plot_score_vs_length
+            def write(stage):
+                write_outputs(stage, result.indices, report, plot=not s.no_plot)
+                if corpus is not None:
+                    write_fasta(corpus, result.indices, stage / FASTA)
+                if not s.no_plot:   # score against length, picked samples highlighted
+                    plot_score_vs_length(s.scores, result.indices, stage / LENGTH_PLOT)
 
-                report["length_spearman"] = plot_score_vs_length(s.scores, result.indices,
-                                                                 Path(s.out) / LENGTH_PLOT)
-            if corpus is not None:
-                write_fasta(corpus, result.indices, Path(s.out) / FASTA)
+            write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
+            paths = {"coreset": Path(s.out) / "coreset.npy"}
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
                   f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
                   f"{paths['coreset']}", flush=True)
+        except UsageError as e:        # --out taken meanwhile: by a lock or another selection
+            err = str(e)
         except Exception as e:  # noqa: BLE001 - every rank must learn of it
             err = f"writing the outputs failed: {e}"
     raise_together(comm, err, SelectionError)
@@ -128,6 +144,7 @@ def corpus_settings(s: SelectSettings) -> dict:
         "column": s.column or m.get("column") or "sequence",
         "id_column": s.id_column if s.id_column is not None else m.get("id_column"),
         "cache_dir": cache,
+        "on_invalid": (m.get("stats") or {}).get("on_invalid", "error"),
     }
 
 
@@ -143,7 +160,7 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
     corpus = None
     try:
         corpus = load_corpus(c["paths"], c["molecule"], c["cache_dir"], column=c["column"],
-                             id_column=c["id_column"])
+                             id_column=c["id_column"], on_invalid=c["on_invalid"])
         if len(corpus) != n:
             err = (f"the corpus ({', '.join(map(str, c['paths']))}) has {len(corpus):,} records "
                    f"but the scores have n = {n:,}: not the corpus that was scored")
@@ -151,3 +168,47 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
         err = f"cannot open the corpus: {e}"
     raise_together(comm, err, ScoresError)
     return corpus
+
+
+def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
+    """``--strategy cluster``: MMseqs2 cluster representatives of the scored corpus at the same
+    budget (the redundancy-reduction baseline; scores are not used, only their n and corpus).
+    MMseqs2 runs once, on rank 0, with ``s.threads`` threads; the others wait."""
+    from bioprune.engine.selection.checks import write_unit
+    from bioprune.engine.selection.cluster import select_cluster
+    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+
+    comm = Comm()
+    t0 = time.perf_counter()
+    n = read_share_count(s.scores, comm)
+    budget = s.budget if s.budget is not None else budget_from_fraction(s.fraction, n)
+    if not 1 <= budget <= n:
+        raise SelectionError(f"budget {budget} out of range 1..{n} for cluster")
+    corpus = _open_corpus(s, n, comm)
+    indices, report, err = None, None, None
+    if comm.rank == 0:
+        try:
+            indices, report = select_cluster(
+                corpus, budget, identity=s.cluster_identity, coverage=s.cluster_coverage,
+                mode=s.cluster_mode, seed=s.seed, threads=s.threads,
+                work_dir=None)
+            report.update(scores_dir=str(Path(s.scores).absolute()), world_size=comm.world,
+                          timings_s={"total": round(time.perf_counter() - t0, 4)})
+            if s.fraction is not None:
+                report["fraction"] = s.fraction
+            report["fasta"] = FASTA
+
+            def write(stage):
+                write_outputs(stage, indices, report, plot=False)
+                write_fasta(corpus, indices, stage / FASTA)
+
+            write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
+            print(f"selected {len(indices):,} of {n:,} (cluster, {report['clusters']:,} MMseqs2 "
+                  f"clusters) -> {Path(s.out) / 'coreset.npy'}", flush=True)
+        except UsageError as e:        # --out taken meanwhile: by a lock or another selection
+            err = str(e)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it
+            err = f"cluster selection failed: {e}"
+    raise_together(comm, err, SelectionError)
+    return SelectionResult(indices=indices, local_indices=indices if indices is not None
+                           else np.zeros(0, np.int64), report=report or {})

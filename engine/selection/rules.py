@@ -14,11 +14,12 @@ import math
 from fractions import Fraction
 
 import numpy as np
+from bioprune.engine.runtime.errors import UsageError
 
 STRATEGIES = ("topk", "cci", "random")
 
 
-class SelectionError(ValueError):
+class SelectionError(ValueError, UsageError):
     """Bad selection request (strategy, budget, parameters) or bad scores."""
 
 

@@ -81,9 +81,10 @@ def make_engine(bundle, settings: TrainSettings):
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=settings.warmup_steps)
 
     params = [p for p in bundle.module.parameters() if p.requires_grad]
-    distributed.single_process_group()
-    engine, _, _, _ = deepspeed.initialize(
-        model=bundle.module, model_parameters=params, config=cfg, lr_scheduler=schedule)
+    distributed.single_process_env()   # one process: a free port, not DeepSpeed's fixed 29500
+    with distributed.port_errors():
+        engine, _, _, _ = deepspeed.initialize(
+            model=bundle.module, model_parameters=params, config=cfg, lr_scheduler=schedule)
     engine.bioprune_config_source = source
     return engine
 

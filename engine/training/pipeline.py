@@ -21,6 +21,7 @@ from bioprune.engine.io.manifest import Manifest
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.training.checks import begin_pretraining
 
 
 @dataclass
@@ -62,11 +63,11 @@ def run_pretraining(s: PretrainSettings) -> Path:
     from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
 
     t0 = time.time()
+    finished = begin_pretraining(s)   # all flags checked; --out locked; another coreset refused
+    if finished is not None:
+        return finished
     out = Path(s.out).expanduser().absolute()
     rank, world = distributed.rank(), distributed.world_size()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    distributed.barrier()
     bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out)
     n = len(corpus)
     train_idx = np.arange(n, dtype=np.int64) if s.indices is None else read_indices(s.indices, n)
@@ -88,7 +89,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
         manifest = Manifest(out / "manifest.json", "pretrain", vars(s), world)
         manifest.count(corpus=n, train=len(train_idx), heldout=len(heldout),
                        removed_for_heldout=int(overlap.sum()), epochs=epochs,
-                       cropped=int((corpus.lengths[train_idx] > max_res).sum()))
+                       cropped=int((corpus.lengths[train_idx] > max_res).sum()),
+                       rejected_records=int(corpus.stats.get("rejected", 0)))
         manifest.save()
     result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
                    heldout=heldout, metrics_csv=out / "metrics.csv",
@@ -98,9 +100,17 @@ def run_pretraining(s: PretrainSettings) -> Path:
         _record(manifest, result, t0)
         last = result["metrics"][-1] if result["metrics"] else {}
         print(f"pretrained {len(train_idx)} sequences x {epochs} epochs ({result['steps']} steps); "
-              f"held-out loss {float(last.get('heldout_loss', 'nan')):.4f} "
-              f"ppl {float(last.get('heldout_ppl', 'nan')):.3f} -> {out / 'final'}", flush=True)
+              f"held-out loss {_number(last.get('heldout_loss')):.4f} "
+              f"ppl {_number(last.get('heldout_ppl')):.3f} -> {out / 'final'}", flush=True)
     return out / "final"
+
+
+def _number(v) -> float:
+    """A metric read back from metrics.csv (a string, maybe empty) or computed (a float)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _record(manifest: Manifest, result: dict, t0: float) -> None:

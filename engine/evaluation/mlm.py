@@ -1,0 +1,105 @@
+"""Held-out masked-LM loss and perplexity, with the masks of ``data.batching`` (a pure function
+of (mask seed, corpus index)), computed as ``training.loop.evaluate`` does: loss = mean
+per-sample ℓ, ppl = exp(token-mean cross-entropy). Mask seed k is ``seed + k`` for k < probe
+seeds, so the first value equals pretrain.py's held-out metric for the same seed and crop length.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bioprune.engine.evaluation.tasks import EvalError, TaskData
+from bioprune.engine.runtime import hashing
+
+
+def load_mlm(s, bundle, out: Path) -> TaskData:
+    from bioprune.engine.data.corpus import CorpusError, load_corpus
+
+    paths, column, id_column = list(s.mlm_data), s.mlm_column, None
+    seed, max_len, indices, source = s.seed, s.max_length, None, "--mlm-data"
+    run = Path(s.run) if s.run else None
+    if run is not None and (run / "manifest.json").exists():
+        cfg = json.loads((run / "manifest.json").read_text()).get("config", {})
+        if not paths and (run / "heldout.npy").exists():
+            paths = list(cfg.get("data") or [])
+            column, id_column = cfg.get("column", "sequence"), cfg.get("id_column")
+            source = f"{run / 'manifest.json'} (pretraining corpus)"
+            indices, ind_src = np.load(run / "heldout.npy"), str(run / "heldout.npy")
+        seed = int(cfg.get("seed", seed))
+        max_len = max_len or cfg.get("max_length")
+    if not paths:
+        raise EvalError("mlm: no corpus; give --mlm-data PATH... (and --mlm-indices NPY) or "
+                        "--run a pretraining output holding manifest.json and heldout.npy")
+    for p in paths:
+        if not Path(p).exists():
+            raise EvalError(f"mlm: corpus file {p}: no such file (from {source}; give --mlm-data)")
+    cache = Path(s.mlm_cache) if s.mlm_cache else Path(s.out) / "mlm_corpus"
+    try:
+        corpus = load_corpus(paths, bundle.molecule, cache, column=column, id_column=id_column)
+    except CorpusError as e:
+        raise EvalError(f"mlm: {e}") from None
+    n = len(corpus)
+    if s.mlm_indices:
+        try:
+            indices = np.load(s.mlm_indices)
+        except (OSError, ValueError) as e:
+            raise EvalError(f"--mlm-indices {s.mlm_indices}: cannot read ({e})") from None
+        ind_src = s.mlm_indices
+    if indices is None:
+        keys = hashing.hash_keys(seed, np.arange(n), hashing.HELDOUT)
+        size = min(s.mlm_max, max(n // 10, 1))
+        indices = np.sort(np.argsort(keys, kind="stable")[:size])
+        ind_src = (f"hashed sample: the {size} smallest hash(seed={seed}, index, HELDOUT) keys "
+                   "(pretrain.py's held-out rule)")
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or \
+            (len(indices) and (indices.min() < 0 or indices.max() >= n)):
+        raise EvalError(f"mlm: indices ({ind_src}) must be 1-D integers in [0, {n}) of the corpus "
+                        f"{paths}")
+    total = len(indices)
+    if len(indices) > s.mlm_max:
+        keys = hashing.hash_keys(s.split_seed, indices, 103)
+        indices = np.sort(indices[np.argsort(keys, kind="stable")[:s.mlm_max]])
+    max_res = min(int(max_len or bundle.max_residues), bundle.max_residues)
+    return TaskData("mlm", "mlm", [], [], [], [], "mlm", {
+        "data": [str(p) for p in paths], "corpus_size": n, "indices": ind_src,
+        "n_heldout_total": int(total), "n_train": 0, "n_test": int(len(indices)),
+        "crop_seed": seed, "mask_seeds": [seed + k for k in range(s.probe_seeds)],
+        "max_length": max_res, "_corpus": corpus, "_indices": indices})
+
+
+@torch.no_grad()
+def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict, dict]:
+    from tqdm.auto import tqdm
+
+    from bioprune.engine.data.batching import IGNORE, make_batch, per_sample_loss
+
+    corpus, idx = task.info["_corpus"], task.info["_indices"]
+    order = idx[np.argsort(corpus.lengths[idx], kind="stable")]
+    module = bundle.module.to(device).eval()
+    losses, ppls = [], []
+    t0 = time.time()
+    bar = tqdm(total=len(order) * len(task.info["mask_seeds"]), desc="mlm", unit="seq",
+               disable=not progress, leave=False)
+    for ms in task.info["mask_seeds"]:
+        acc = np.zeros(4)
+        for st in range(0, len(order), s.embed_batch_size):
+            b = make_batch(corpus, order[st:st + s.embed_batch_size], bundle, task.info["crop_seed"],
+                           task.info["max_length"], mask_seed=ms).to(device)
+            logits = module(b.tokens).float()
+            loss = per_sample_loss(logits, b.labels)
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.labels.flatten(),
+                                                   ignore_index=IGNORE, reduction="sum")
+            acc += [loss.sum().item(), len(loss), ce.item(), (b.labels != IGNORE).sum().item()]
+            bar.update(len(loss))
+        losses.append(acc[0] / max(acc[1], 1))
+        ppls.append(math.exp(acc[2] / max(acc[3], 1)))
+    bar.close()
+    sec = time.time() - t0
+    return {"loss": losses, "ppl": ppls}, {"seconds": round(sec, 3),
+                                           "seq_per_s": round(len(order) * len(ppls) / max(sec, 1e-9), 1)}

@@ -1,0 +1,489 @@
+"""The study as a list of steps, each run once: the real launchers as subprocesses, one marker each.
+
+Layout of the experiment directory ``OUT``::
+
+    experiment.json            the resolved config (a rerun with a different one is refused)
+    data/train.fasta           the training corpus (every launcher sees only this)
+    data/heldout.fasta         the held-out part (never scored, selected or trained on): mlm task
+    corpus/                    memory-mapped cache of train.fasta, shared by every launcher
+    reference/                 pretrain --all (skipped with reference.init = WEIGHTS)
+    score/  score_woft/        score.py with adaptation / with --finetune-epochs 0 (CCI w/o ft)
+    clusters/                  MMseqs2 cluster table of the training corpus (clusters.npy)
+    arms/<arm>/select[-s<seed>]/coreset.npy     one per (strategy, rate[, seed])
+    arms/<arm>/s<seed>/pretrain/  arms/<arm>/s<seed>/eval/eval.json
+    logs/<step>.log            each subprocess's stdout + stderr
+    results.csv results.md plots/<task>.png manifest.json
+
+Every step writes ``_DONE.json`` (atomically: wall time, command) into its directory last; a
+rerun skips steps whose marker exists, so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bioprune.engine.experiments.config import arms as expand_arms
+from bioprune.engine.experiments.config import budget as rate_budget
+from bioprune.engine.io.atomic import save_npy, write_json
+
+MARKER = "_DONE.json"
+CLAIM = ".claimed"          # an evaluation taken by an --evaluate-only worker
+
+
+def repo_root() -> Path:
+    """The checkout holding launch/ (the installed bioprune.launch, else this file's repo)."""
+    try:
+        import bioprune.launch as bl
+
+        return Path(bl.__file__).resolve().parent.parent
+    except ImportError:
+        return Path(__file__).resolve().parents[2]
+
+
+def data_path(p: str) -> str:
+    from bioprune.engine.data.paths import data_dir
+
+    q = Path(p)
+    return str(q if q.is_absolute() else data_dir() / q)
+
+
+@dataclass
+class Step:
+    name: str            # unique, also the log file name
+    phase: str           # split / reference / score / cluster / select / pretrain / evaluate
+    dir: Path
+    run: Callable[[], dict]
+    estimate_s: float
+    info: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / MARKER).exists()
+
+
+class Study:
+    def __init__(self, cfg: dict, out, *, ranks: int | None = None, init: str | None = None,
+                 quiet: bool = False):
+        self.cfg = cfg
+        self.out = Path(out).absolute()
+        self.root = repo_root()
+        self.ranks = int(ranks or cfg["training"]["ranks"])
+        if init:
+            cfg["reference"]["init"] = str(Path(init).absolute())
+        self.quiet = quiet
+        self.commands: list[dict] = []
+        self.train_fa = self.out / "data" / "train.fasta"
+        self.heldout_fa = self.out / "data" / "heldout.fasta"
+        self.cache = self.out / "corpus"
+        self._n_train = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def launch(self, script: str, args: list[str], name: str, ranks: int = 1) -> float:
+        py = sys.executable
+        path = Path(script) if Path(script).is_absolute() else self.root / "launch" / script
+        if ranks > 1:
+            port = 29500 + (os.getpid() + len(self.commands)) % 2000
+            cmd = [str(Path(py).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+                   str(port), str(path), *map(str, args)]
+        else:
+            cmd = [py, str(path), *map(str, args)]
+        logf = self.out / "logs" / f"{name.replace('/', '_')}.log"
+        logf.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PATH=f"{Path(py).parent}:{os.environ.get('PATH', '')}",
+                   PYTHONUNBUFFERED="1")
+        t = time.time()
+        with open(logf, "w") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=self.root)
+        wall = time.time() - t
+        self.commands.append({"step": name, "command": cmd, "wall_s": round(wall, 2),
+                              "rc": p.returncode})
+        if p.returncode != 0:
+            tail = logf.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
+            raise RuntimeError(f"step {name} failed (exit {p.returncode}); log {logf}:\n"
+                               + "\n".join(tail))
+        return wall
+
+    @property
+    def n_train(self) -> int:
+        if self._n_train is None:
+            self._n_train = int(json.loads((self.out / "data" / MARKER).read_text())["n_train"])
+        return self._n_train
+
+    def _common(self) -> list[str]:
+        c = self.cfg
+        return ["--data", str(self.train_fa), "--model", c["model"], "--model-size", c["model_size"],
+                "--max-length", str(c["corpus"]["max_length"]), "--corpus-cache", str(self.cache)]
+
+    def _train_length(self, n: int) -> tuple[list[str], dict]:
+        """Compute-matched: --steps S for every arm; or the paper's --epochs E."""
+        t = self.cfg["training"]
+        if t["mode"] == "epochs":
+            gb = t["micro_batch_size"] * self.ranks
+            return (["--epochs", str(t["epochs"])],
+                    {"epochs": t["epochs"], "steps_planned": t["epochs"] * math.ceil(n / gb)})
+        return ["--steps", str(t["steps"])], {"steps_planned": t["steps"]}
+
+    def _planned_steps(self, n: int) -> int:
+        return self._train_length(n)[1]["steps_planned"]
+
+    # ------------------------------------------------------------------ the plan
+
+    def plan(self) -> list[Step]:
+        c, est = self.cfg, self.cfg["estimate"]
+        L = est["launcher_s"]
+        steps: list[Step] = [Step("split", "split", self.out / "data", self.split, 5.0)]
+        n_est = self._estimate_n()
+        ref = c["reference"]
+        if not ref["init"]:
+            steps.append(Step("reference", "reference", self.out / "reference", self.reference,
+                              L + ref["steps"] * est["train_step_s"]))
+        score_s = L + n_est * est["score_seq_s"] + c["scoring"]["subset_size"] * est["score_seq_s"] * 2
+        steps.append(Step("score", "score", self.out / "score", lambda: self.score(True), score_s))
+        all_arms = expand_arms(c)
+        if any(a["strategy"] == "cci_woft" for a in all_arms):
+            steps.append(Step("score_woft", "score", self.out / "score_woft",
+                              lambda: self.score(False), score_s * 0.6))
+        if any(a["strategy"] == "cluster" for a in all_arms):
+            steps.append(Step("clusters", "cluster", self.out / "clusters", self.clusters,
+                              5 + n_est * 0.0015))
+        seeds = c["seeds"]
+        evals: list[Step] = []
+        train_s = L + self._planned_steps(n_est) * est["train_step_s"]
+        for arm in all_arms:
+            s, r, name = arm["strategy"], arm["rate"], arm["name"]
+            adir = self.out / "arms" / name
+            if s == "topk":   # deterministic: one selection serves every training seed
+                steps.append(Step(f"{name}/select", "select", adir / "select",
+                                  self._selector(arm, adir / "select", 0), est["select_s"]))
+            for seed in seeds:
+                sdir = adir / f"s{seed}"
+                if s in ("random", "cci", "cci_woft", "cluster"):
+                    sel = adir / f"select-s{seed}"
+                    steps.append(Step(f"{name}/select-s{seed}", "select", sel,
+                                      self._selector(arm, sel, seed),
+                                      est["select_s"] if s != "cluster" else 1.0))
+                if s != "init":
+                    idx = (None if s == "full" else
+                           (adir / "select" if s == "topk" else adir / f"select-s{seed}") / "coreset.npy")
+                    n_arm = n_est if s == "full" else rate_budget(r, n_est)
+                    steps.append(Step(f"{name}/s{seed}/pretrain", "pretrain", sdir / "pretrain",
+                                      self._pretrainer(idx, seed, sdir / "pretrain", f"{name}/s{seed}"),
+                                      train_s if c["training"]["mode"] == "steps" else
+                                      L + self._planned_steps(n_arm) * est["train_step_s"]))
+                evals.append(Step(f"{name}/s{seed}/eval", "evaluate", sdir / "eval",
+                                  self._evaluator(s, seed, sdir, f"{name}/s{seed}"), est["eval_s"]))
+        # every model is trained before any is evaluated: a missing or failing evaluator costs
+        # no training time, and a rerun only evaluates
+        return steps + evals
+
+    def _estimate_n(self) -> int:
+        m = self.out / "data" / MARKER
+        if m.exists():
+            return self.n_train
+        from bioprune.engine.data.corpus import load_corpus
+
+        src = load_corpus([data_path(p) for p in self.cfg["corpus"]["files"]],
+                          self.cfg["molecule"], self.out / "source_corpus",
+                          column=self.cfg["corpus"]["column"])
+        return int(round(len(src) * (1 - self.cfg["corpus"]["heldout_fraction"])))
+
+    # ------------------------------------------------------------------ step bodies
+
+    def split(self) -> dict:
+        """Deterministic held-out split: record i is held out iff u(hash(heldout_seed, i)) < f."""
+        from bioprune.engine.data.corpus import load_corpus
+        from bioprune.engine.runtime.hashing import HELDOUT, hash_keys, uniform
+
+        c = self.cfg["corpus"]
+        files = [data_path(p) for p in c["files"]]
+        src = load_corpus(files, self.cfg["molecule"], self.out / "source_corpus", column=c["column"])
+        n = len(src)
+        # stream HELDOUT + 100: not the pretrain launcher's own held-out draw
+        u = uniform(hash_keys(c["heldout_seed"], np.arange(n), HELDOUT + 100))
+        held = np.flatnonzero(u < c["heldout_fraction"]).astype(np.int64)
+        train = np.flatnonzero(u >= c["heldout_fraction"]).astype(np.int64)
+        src.write_fasta(train, self.train_fa)
+        src.write_fasta(held, self.heldout_fa)
+        save_npy(self.out / "data" / "train_source_index.npy", train)
+        save_npy(self.out / "data" / "heldout_source_index.npy", held)
+        return {"n_source": n, "n_train": int(len(train)), "n_heldout": int(len(held)),
+                "files": files, "rule": "held out iff uniform(hash(heldout_seed, source index, "
+                "stream HELDOUT+100)) < heldout_fraction; train corpus index = position in "
+                "train.fasta"}
+
+    def reference_weights(self) -> str:
+        ref = self.cfg["reference"]
+        if ref["init"]:
+            return ref["init"]
+        return str(self.out / "reference" / "final" / "model.safetensors")
+
+    def reference(self) -> dict:
+        ref, t = self.cfg["reference"], self.cfg["training"]
+        out = self.out / "reference"
+        args = [*self._common(), "--all", "--steps", ref["steps"], "--warmup", ref["warmup"],
+                "--lr", t["lr"], "--micro-batch-size", t["micro_batch_size"], "--heldout-size", 0,
+                "--seed", ref["seed"], "--out", out, *t["extra_args"]]
+        wall = self.launch("pretrain.py", args, "reference", self.ranks)
+        self._drop_checkpoints(out)
+        return {"wall_s": wall, "steps": ref["steps"]}
+
+    def score(self, finetune: bool) -> dict:
+        s = self.cfg["scoring"]
+        out = self.out / ("score" if finetune else "score_woft")
+        args = [*self._common(), "--checkpoint", self.reference_weights(),
+                "--subset-size", min(s["subset_size"], self.n_train),
+                "--finetune-epochs", s["finetune_epochs"] if finetune else 0,
+                "--micro-batch-size", s["micro_batch_size"], "--seed", 0, "--out", out,
+                *s["extra_args"]]
+        wall = self.launch("score.py", args, out.name, self.ranks)
+        return {"wall_s": wall, "finetune_epochs": s["finetune_epochs"] if finetune else 0}
+
+    def clusters(self) -> dict:
+        from bioprune.engine.data.corpus import load_corpus
+        from bioprune.engine.selection.cluster import mmseqs_clusters
+
+        s = self.cfg["selection"]
+        corpus = load_corpus([str(self.train_fa)], self.cfg["molecule"], self.cache)
+        t = time.time()
+        rep, info = mmseqs_clusters(corpus, identity=s["cluster_identity"],
+                                    coverage=s["cluster_coverage"], cov_mode=s["cluster_cov_mode"],
+                                    mode=s["cluster_mode"], threads=1,
+                                    work_dir=self.out / "clusters" / "mmseqs")
+        save_npy(self.out / "clusters" / "clusters.npy", rep)
+        write_json(self.out / "clusters" / "clusters.json", info)
+        import shutil
+
+        shutil.rmtree(self.out / "clusters" / "mmseqs", ignore_errors=True)
+        self.commands.append({"step": "clusters", "command": info["command"],
+                              "wall_s": round(time.time() - t, 2), "rc": 0})
+        return {**info, "wall_s": time.time() - t}
+
+    def _selector(self, arm: dict, out: Path, seed: int):
+        s, rate = arm["strategy"], arm["rate"]
+        sel = self.cfg["selection"]
+
+        def run() -> dict:
+            b = rate_budget(rate, self.n_train)
+            if s == "cluster":
+                from bioprune.engine.selection.cluster import select_from_clusters
+
+                rep = np.load(self.out / "clusters" / "clusters.npy")
+                info = json.loads((self.out / "clusters" / "clusters.json").read_text())
+                idx, report = select_from_clusters(rep, b, seed, info)
+                save_npy(out / "coreset.npy", idx)
+                write_json(out / "selection.json", report)
+                return {"budget": b, "selected": int(len(idx))}
+            scores = self.out / ("score_woft" if s == "cci_woft" else "score") / "scores"
+            strategy = {"cci_woft": "cci"}.get(s, s)
+            args = ["--scores", scores, "--strategy", strategy, "--budget", b, "--seed", seed,
+                    "--hard-cutoff", sel["hard_cutoff"], "--strata", sel["strata"], "--out", out]
+            wall = self.launch("select_coreset.py", args, f"{arm['name']}/{out.name}", 1)
+            return {"budget": b, "wall_s": wall}
+        return run
+
+    def _pretrainer(self, indices, seed: int, out: Path, label: str):
+        t = self.cfg["training"]
+
+        def run() -> dict:
+            n = self.n_train if indices is None else len(np.load(indices))
+            length, info = self._train_length(n)
+            what = ["--all"] if indices is None else ["--indices", indices]
+            args = [*self._common(), *what, *length, "--warmup", t["warmup"], "--lr", t["lr"],
+                    "--micro-batch-size", t["micro_batch_size"], "--heldout-size", 0,
+                    "--seed", seed, "--out", out, *t["extra_args"]]
+            wall = self.launch("pretrain.py", args, f"{label}/pretrain", self.ranks)
+            man = json.loads((out / "manifest.json").read_text())
+            self._drop_checkpoints(out)
+            return {"wall_s": wall, "n_train": n, "steps": man.get("counts", {}).get("steps"), **info}
+        return run
+
+    def _evaluator(self, strategy: str, seed: int, sdir: Path, label: str):
+        c = self.cfg
+
+        def run() -> dict:
+            out = sdir / "eval"
+            what = (["--init", "random"] if strategy == "init" else ["--run", sdir / "pretrain"])
+            extra = [str(a).replace("{heldout}", str(self.heldout_fa))
+                     for a in c["evaluation"]["extra_args"]]
+            args = ["--model", c["model"], "--model-size", c["model_size"], *what,
+                    "--tasks", ",".join(c["evaluation"]["tasks"]), "--seed", seed, "--out", out,
+                    *extra]
+            wall = self.launch(c["evaluation"]["script"], args, f"{label}/eval", 1)
+            if not (out / "eval.json").exists():
+                raise RuntimeError(f"evaluate.py wrote no {out / 'eval.json'}")
+            return {"wall_s": wall}
+        return run
+
+    def _drop_checkpoints(self, out: Path) -> None:
+        if not self.cfg["training"]["keep_checkpoints"]:
+            import shutil
+
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+
+    # ------------------------------------------------------------------ running
+
+    def check_config(self) -> None:
+        """A rerun must use the same settings as the run it continues. Evaluation settings may
+        change (finished evaluations are kept: delete arms/*/s*/eval to redo them)."""
+        path = self.out / "experiment.json"
+        loose = ("estimate", "config_path", "evaluation")
+        keep = {k: v for k, v in self.cfg.items() if k not in loose}
+        if path.exists():
+            full_old = json.loads(path.read_text())
+            old = {k: v for k, v in full_old.items() if k not in loose}
+            if json.loads(json.dumps(keep)) != old:
+                diff = sorted(k for k in set(old) | set(keep) if old.get(k) != keep.get(k))
+                raise SystemExit(f"error: {self.out} holds an experiment with other settings "
+                                 f"(differs in: {', '.join(diff)}); use another --out")
+            if full_old.get("evaluation") != json.loads(json.dumps(self.cfg["evaluation"])):
+                self.log("note: evaluation settings changed; finished evaluations are kept "
+                         "(delete arms/*/s*/eval to redo them)")
+                write_json(path, self.cfg)
+        else:
+            write_json(path, self.cfg)
+
+    def run(self, dry_run: bool = False) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.check_config()
+        t0 = time.time()
+        steps = self.plan()
+        todo = [s for s in steps if not s.done]
+        est = sum(s.estimate_s for s in todo)
+        by_phase: dict[str, float] = {}
+        for s in todo:
+            by_phase[s.phase] = by_phase.get(s.phase, 0.0) + s.estimate_s
+        self.log(f"experiment {self.cfg['name']}: {len(steps)} steps, {len(steps) - len(todo)} "
+                 f"already done, {len(todo)} to run; estimated {est / 60:.1f} min on this machine "
+                 f"({', '.join(f'{k} {v / 60:.1f}' for k, v in by_phase.items())} min)")
+        if dry_run:
+            return {"steps": len(steps), "todo": len(todo), "estimate_s": est}
+        wall: dict[str, float] = {}
+        for i, s in enumerate(steps):
+            if s.done:
+                continue
+            self.log(f"[{i + 1}/{len(steps)}] {s.name} ...")
+            t = time.time()
+            info = s.run() or {}
+            dt = time.time() - t
+            wall[s.phase] = wall.get(s.phase, 0.0) + dt
+            write_json(s.dir / MARKER, {"step": s.name, "phase": s.phase, "wall_s": round(dt, 2),
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+            self.log(f"    done in {dt:.0f} s (elapsed {(time.time() - t0) / 60:.1f} min)")
+        from bioprune.engine.experiments.report import write_report
+
+        t = time.time()
+        summary = write_report(self, steps)
+        wall["report"] = time.time() - t
+        self.write_manifest(steps, wall, time.time() - t0)
+        self.log(f"results: {self.out / 'results.md'} (total {(time.time() - t0) / 60:.1f} min)")
+        return summary
+
+    def evaluate_ready(self, poll_s: float = 20.0) -> int:
+        """Worker mode: run every evaluation whose model is trained and that no one has claimed,
+        until every evaluation is done. A claim is a file created exclusively in the step's
+        directory, so two workers never run the same evaluation; the main run skips finished
+        ones by their markers. Returns the number of evaluations run here."""
+        evals = [s for s in self.plan() if s.phase == "evaluate"]
+        ran = 0
+        while True:
+            pending = [s for s in evals if not s.done]
+            if not pending:
+                self.log(f"evaluate-only: all {len(evals)} evaluations done ({ran} here)")
+                return ran
+            ready = [s for s in pending if self._trained(s) and self._claim(s)]
+            if not ready:
+                time.sleep(poll_s)
+                continue
+            s = ready[0]
+            self.log(f"[evaluate-only] {s.name} ...")
+            t = time.time()
+            info = s.run() or {}
+            write_json(s.dir / MARKER, {"step": s.name, "phase": s.phase,
+                                        "wall_s": round(time.time() - t, 2), "worker": "evaluate-only",
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+            ran += 1
+            for other in ready[1:]:      # give back the claims not used this round
+                (other.dir / CLAIM).unlink(missing_ok=True)
+
+    @staticmethod
+    def _trained(step: Step) -> bool:
+        pre = step.dir.parent / "pretrain"
+        return step.dir.parent.parent.name == "init" or (pre / MARKER).exists()
+
+    @staticmethod
+    def _claim(step: Step) -> bool:
+        step.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(step.dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
+
+    def write_manifest(self, steps: list[Step], wall_now: dict, total: float) -> None:
+        """manifest.json: config, commands, versions, commit, wall time per phase (all runs)."""
+        path = self.out / "manifest.json"
+        old = json.loads(path.read_text()) if path.exists() else {}
+        phase_total: dict[str, float] = {}
+        per_step = {}
+        for s in steps:
+            if s.done:
+                m = json.loads((s.dir / MARKER).read_text())
+                phase_total[s.phase] = phase_total.get(s.phase, 0.0) + m.get("wall_s", 0.0)
+                per_step[s.name] = m
+        write_json(path, {
+            "experiment": self.cfg["name"], "config": self.cfg, "out": str(self.out),
+            "argv": sys.argv, "commit": git_commit(self.root), "versions": versions(),
+            "ranks": self.ranks,
+            "wall_s_per_phase": {k: round(v, 1) for k, v in phase_total.items()},
+            "wall_s_this_invocation": {k: round(v, 1) for k, v in wall_now.items()},
+            "wall_s_total_this_invocation": round(total, 1),
+            "invocations": old.get("invocations", 0) + 1,
+            "steps": per_step,
+            "commands": old.get("commands", []) + self.commands,
+        })
+
+
+def git_commit(root: Path) -> dict:
+    def g(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"hash": g("rev-parse", "HEAD"), "branch": g("rev-parse", "--abbrev-ref", "HEAD"),
+            "dirty": bool(g("status", "--porcelain", "--untracked-files=no"))}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for mod in ("torch", "deepspeed", "numpy", "sklearn", "accelerate", "fm", "esm"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001 (a version string is best effort)
+            out[mod] = None
+    try:
+        from bioprune.engine.selection.cluster import mmseqs_binary
+
+        out["mmseqs"] = subprocess.run([mmseqs_binary(), "version"], capture_output=True,
+                                       text=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        out["mmseqs"] = None
+    return out

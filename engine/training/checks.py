@@ -1,0 +1,69 @@
+"""Start-up of a pretraining run: every flag checked before the model, the corpus or DeepSpeed
+is touched; the run identity includes a SHA-256 of the training indices, so another coreset into
+the same --out is refused (not silently resumed from the other's checkpoint); a finished run
+reports that it is finished."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bioprune.engine.io import run_identity
+from bioprune.engine.runtime import distributed
+from bioprune.engine.runtime import validate as v
+
+# what determines the trained model (epochs / steps may grow: that resumes)
+IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
+                 "lr", "weight_decay", "warmup", "micro_batch_size", "grad_accum", "seed",
+                 "heldout_size", "zero_stage", "deepspeed_config")
+
+
+def check_pretrain_settings(s) -> None:
+    from bioprune.engine.models.validate import check_model_inputs
+
+    v.output_dir("out", s.out)
+    if s.indices is not None:
+        v.readable_file("indices", s.indices, "index file (.npy)")
+        run_identity.indices_digest(s.indices)
+    v.positive_int("epochs", s.epochs)
+    v.positive_int("steps", s.steps)
+    v.finite("lr", s.lr, low=0, low_open=True, what="a learning rate")
+    v.finite("weight_decay", s.weight_decay, low=0)
+    v.positive_int("warmup", s.warmup, minimum=0)
+    v.positive_int("micro_batch_size", s.micro_batch_size)
+    v.positive_int("grad_accum", s.grad_accum)
+    v.positive_int("seed", s.seed, minimum=0)
+    v.positive_int("heldout_size", s.heldout_size, minimum=0)
+    v.json_file("deepspeed_config", s.deepspeed_config)
+    check_model_inputs(s)
+
+
+def begin_pretraining(s) -> Path | None:
+    """Check everything; return OUT/final when this run is already finished (reported), else
+    open --out (lock + identity; another coreset is refused) and return None."""
+    v.checked_together(check_pretrain_settings, s)
+    out = Path(s.out).expanduser().absolute()
+    indices = run_identity.indices_digest(s.indices) if s.indices else "all"
+    if isinstance(indices, dict):
+        indices = {k: indices[k] for k in ("count", "sha256")}
+    config = run_identity.identity(s, IDENTITY_KEYS, extra={"indices": indices})
+    if not s.overwrite and run_identity.finished(out, config, "final/model.safetensors",
+                                                 {"epochs": s.epochs, "steps": s.steps}):
+        if distributed.is_main():
+            print(f"already finished: {out / 'final'} ({_summary(out)}); nothing to do (pass "
+                  "--epochs/--steps beyond it to train on, or --overwrite to start afresh)",
+                  flush=True)
+        return out / "final"
+    run_identity.open_run(out, config, what="pretraining run", overwrite=s.overwrite)
+    return None
+
+
+def _summary(out: Path) -> str:
+    try:
+        m = json.loads((out / "manifest.json").read_text())
+        last = (m.get("metrics") or [{}])[-1]
+        text = f"{m['counts'].get('steps')} steps"
+        if last.get("heldout_loss") not in (None, ""):
+            text += f", held-out loss {float(last['heldout_loss']):.4f}"
+        return text
+    except (OSError, ValueError, KeyError, TypeError):
+        return "see manifest.json"
