@@ -189,7 +189,7 @@ def test_positions_beyond_dsub_are_excluded_and_cannot_dominate():
         w = dmp.influence_weights(fisher, d, "cpu")
         with Scorer(bundle, params, w, seed=SEED, max_residues=1000, device="cpu", masks=plan,
                     groups=groups) as sc:
-            r = sc.score_indices(corpus, np.arange(8))
+            sc.score_indices(corpus, np.arange(8))
             share = contributions(sc.take_group_mass())
         assert sum(share.values()) == pytest.approx(1.0)
         if bounded:
