@@ -58,6 +58,19 @@ def _standardise(X_tr: torch.Tensor):
     return mu, sd
 
 
+def _targets(kind: str, y_tr, n_out: int):
+    """(training targets, loss, output width, decode): regression targets are standardised and
+    ``decode`` maps the head's outputs back to the label scale; classification targets are class
+    ids and ``decode`` takes the argmax."""
+    if kind == "regression":
+        y = torch.as_tensor(np.asarray(y_tr), dtype=torch.float32)
+        mu, sd = y.mean(), y.std().clamp_min(1e-12)
+        return (((y - mu) / sd).unsqueeze(1), nn.MSELoss(), 1,
+                lambda out: (out[:, 0] * sd + mu).numpy())
+    return (torch.as_tensor(np.asarray(y_tr), dtype=torch.long), nn.CrossEntropyLoss(), n_out,
+            lambda out: out.argmax(1).numpy())
+
+
 def _fit_predict(X_tr, y_tr, X_te, *, kind: str, n_out: int, head: str, hidden: int, epochs: int,
                 lr: float, batch_size: int, weight_decay: float, seed: int, accelerator,
                 progress: bool = True, desc: str = "probe"):
@@ -71,14 +84,7 @@ def _fit_predict(X_tr, y_tr, X_te, *, kind: str, n_out: int, head: str, hidden: 
     X_te = torch.as_tensor(np.asarray(X_te), dtype=torch.float32)
     mu, sd = _standardise(X_tr)
     X_tr, X_te = (X_tr - mu) / sd, (X_te - mu) / sd
-    if kind == "regression":
-        y = torch.as_tensor(np.asarray(y_tr), dtype=torch.float32)
-        y_mu, y_sd = y.mean(), y.std().clamp_min(1e-12)
-        y = ((y - y_mu) / y_sd).unsqueeze(1)
-        loss_fn, n_out = nn.MSELoss(), 1
-    else:
-        y = torch.as_tensor(np.asarray(y_tr), dtype=torch.long)
-        loss_fn = nn.CrossEntropyLoss()
+    y, loss_fn, n_out, decode = _targets(kind, y_tr, n_out)
     model = make_head(head, X_tr.shape[1], n_out, hidden)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +110,7 @@ def _fit_predict(X_tr, y_tr, X_te, *, kind: str, n_out: int, head: str, hidden: 
     with torch.no_grad():
         out = torch.cat([net(X_te[s:s + 8192].to(accelerator.device)).float().cpu()
                          for s in range(0, len(X_te), 8192)]) if len(X_te) else torch.zeros(0, n_out)
-    pred = (out[:, 0] * y_sd + y_mu).numpy() if kind == "regression" else out.argmax(1).numpy()
+    pred = decode(out)
     return pred, {"seconds": seconds, "seq_per_s": seen / max(seconds, 1e-9)}
 
 
@@ -234,14 +240,7 @@ def finetune_predict(bundle, tok_tr, y_tr, tok_te, *, kind: str, n_out: int, hea
     from bioprune.engine.evaluation.embed import pad_batch
 
     set_seed(seed)
-    if kind == "regression":
-        y = torch.as_tensor(np.asarray(y_tr), dtype=torch.float32)
-        y_mu, y_sd = y.mean(), y.std().clamp_min(1e-12)
-        y = ((y - y_mu) / y_sd).unsqueeze(1)
-        loss_fn, n_out = nn.MSELoss(), 1
-    else:
-        y = torch.as_tensor(np.asarray(y_tr), dtype=torch.long)
-        loss_fn = nn.CrossEntropyLoss()
+    y, loss_fn, n_out, decode = _targets(kind, y_tr, n_out)
     encoder = copy.deepcopy(bundle.module).train()
     dim = encoder.embed(pad_batch([tok_tr[0]], bundle)[0]).shape[-1]
     model = PooledModel(encoder, make_head(head, dim, n_out, hidden))
@@ -280,7 +279,7 @@ def finetune_predict(bundle, tok_tr, y_tr, tok_te, *, kind: str, n_out: int, hea
     out = torch.zeros(len(tok_te), n_out)
     for ix, o in outs:
         out[torch.as_tensor(ix)] = o
-    pred = (out[:, 0] * y_sd + y_mu).numpy() if kind == "regression" else out.argmax(1).numpy()
+    pred = decode(out)
     return pred, {"seconds": seconds, "seq_per_s": seen / max(seconds, 1e-9)}
 
 

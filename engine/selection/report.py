@@ -73,10 +73,7 @@ def plot_histogram(report: dict, path) -> None:
     ax.set_ylabel("count (log)")
     ax.set_title(f"{report['strategy']}: {report['budget']:,} of {report['n']:,} samples")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _save(fig, path)
 
 
 def write_fasta(corpus, indices, path) -> int:
@@ -119,8 +116,15 @@ def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) ->
     ax.set_ylabel("self-influence score")
     ax.set_title(f"score vs length: Spearman ρ = {rho:+.3f}")
     ax.legend(loc="best", fontsize=8)
+    _save(fig, path)
+    return rho
+
+
+def _save(fig, path) -> None:
+    """Write a figure as PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return rho
