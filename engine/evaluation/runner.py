@@ -164,21 +164,15 @@ class Evaluator:
         pos = {int(r): k for k, r in enumerate(rows)}
         head = "linear" if task.head == "linear" else "mlp"
         n_out = len(task.classes) if task.kind == "classification" else 1
-        per_seed, probe_sec, chance = [], [], None
-        for p in self.seeds():
-            fold_metrics = []
-            for fi, f in enumerate(task.folds):
-                y_tr, y_te = np.asarray(task.targets)[f.train], np.asarray(task.targets)[f.test]
-                if s.control:
-                    y_tr, y_te = _control(y_tr, y_te, np.random.default_rng([s.split_seed, p, fi]))
-                pred, st = self._fit(X[[pos[r] for r in f.train]], y_tr, X[[pos[r] for r in f.test]],
-                                     task, n_out, head, p)
-                probe_sec.append(st["seconds"])
-                fold_metrics.append(M.classification_metrics(y_te, pred)
-                                    if task.kind == "classification" else M.regression_metrics(y_te, pred))
-                if chance is None and task.kind == "classification":
-                    chance = _chance(y_tr, y_te, len(task.classes))
-            per_seed.append(_mean_dicts(fold_metrics))
+        probe_sec = []
+
+        def predict(f, y_tr, seed):
+            pred, st = self._fit(X[[pos[r] for r in f.train]], y_tr, X[[pos[r] for r in f.test]],
+                                 task, n_out, head, seed)
+            probe_sec.append(st["seconds"])
+            return pred
+
+        per_seed, chance = self._seeds_and_folds(task, predict)
         out = {"metrics": _summarise(per_seed), "frozen": True, "pooling": "mean over residues",
                "head": self._head_info(head, task), "training": self._train_info(s.probe_epochs,
                s.probe_lr, s.probe_batch_size), "embedding": emb,
@@ -186,6 +180,26 @@ class Evaluator:
         if task.kind == "classification":
             out.update(n_classes=len(task.classes), chance=chance)
         return out
+
+    def _seeds_and_folds(self, task, predict):
+        """A sequence-level task for every probe seed: per fold the (control-)labels, the test
+        predictions of ``predict(fold, train labels, seed)`` and their metrics, averaged over
+        folds. Returns (per-seed metrics, chance levels of a classification task)."""
+        s = self.s
+        per_seed, chance = [], None
+        for p in self.seeds():
+            fold_metrics = []
+            for fi, f in enumerate(task.folds):
+                y_tr, y_te = np.asarray(task.targets)[f.train], np.asarray(task.targets)[f.test]
+                if s.control:
+                    y_tr, y_te = _control(y_tr, y_te, np.random.default_rng([s.split_seed, p, fi]))
+                pred = predict(f, y_tr, p)
+                fold_metrics.append(M.classification_metrics(y_te, pred)
+                                    if task.kind == "classification" else M.regression_metrics(y_te, pred))
+                if chance is None and task.kind == "classification":
+                    chance = _chance(y_tr, y_te, len(task.classes))
+            per_seed.append(_mean_dicts(fold_metrics))
+        return per_seed, chance
 
     def _fit(self, X_tr, y_tr, X_te, task, n_out, head, seed):
         from bioprune.engine.evaluation.probes import fit_predict
@@ -286,27 +300,19 @@ class Evaluator:
         s = self.s
         head = "linear" if task.head == "linear" else "mlp"
         n_out = len(task.classes) if task.kind == "classification" else 1
-        per_seed, chance = [], None
-        for p in self.seeds():
-            fold_metrics = []
-            for fi, f in enumerate(task.folds):
-                y_tr, y_te = np.asarray(task.targets)[f.train], np.asarray(task.targets)[f.test]
-                if s.control:
-                    y_tr, y_te = _control(y_tr, y_te, np.random.default_rng([s.split_seed, p, fi]))
-                tok_tr = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.train]
-                tok_te = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.test]
-                pred, _ = finetune_predict(
-                    self.bundle, tok_tr, y_tr, tok_te, kind="regression" if task.kind ==
-                    "regression" else "classification", n_out=n_out, head=head,
-                    hidden=s.probe_hidden, epochs=s.finetune_epochs, lr=s.finetune_lr,
-                    batch_size=s.probe_batch_size, weight_decay=s.probe_weight_decay, seed=p,
-                    accelerator=self.acc, progress=self.progress,
-                    desc=f"finetune {task.name} seed {p}")
-                fold_metrics.append(M.classification_metrics(y_te, pred)
-                                    if task.kind == "classification" else M.regression_metrics(y_te, pred))
-                if chance is None and task.kind == "classification":
-                    chance = _chance(y_tr, y_te, len(task.classes))
-            per_seed.append(_mean_dicts(fold_metrics))
+        def predict(f, y_tr, seed):
+            tok_tr = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.train]
+            tok_te = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.test]
+            pred, _ = finetune_predict(
+                self.bundle, tok_tr, y_tr, tok_te, kind="regression" if task.kind ==
+                "regression" else "classification", n_out=n_out, head=head,
+                hidden=s.probe_hidden, epochs=s.finetune_epochs, lr=s.finetune_lr,
+                batch_size=s.probe_batch_size, weight_decay=s.probe_weight_decay, seed=seed,
+                accelerator=self.acc, progress=self.progress,
+                desc=f"finetune {task.name} seed {seed}")
+            return pred
+
+        per_seed, chance = self._seeds_and_folds(task, predict)
         out = {"metrics": _summarise(per_seed), "frozen": False, "pooling": "mean over residues",
                "head": {"type": head, "hidden": s.probe_hidden if head == "mlp" else None,
                         "input": "mean-pooled embedding, encoder fine-tuned"},

@@ -48,8 +48,8 @@ def fingerprint(path) -> dict:
         return {"path": spec, "missing": True}
 
 
-def indices_digest(path) -> dict:
-    """{"path", "count", "sha256"} of an index file, order-independent (sorted int64)."""
+def load_indices(path):
+    """The ``--indices`` file as a 1-D integer array, or a UsageError naming the problem."""
     import numpy as np
 
     try:
@@ -58,6 +58,14 @@ def indices_digest(path) -> dict:
         fail(f"--indices {path}: cannot read ({e}); pass an int64 .npy such as a coreset.npy")
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
         fail(f"--indices {path}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
+    return idx
+
+
+def indices_digest(path) -> dict:
+    """{"path", "count", "sha256"} of an index file, order-independent (sorted int64)."""
+    import numpy as np
+
+    idx = load_indices(path)
     canon = np.sort(idx.astype("<i8"))
     return {"path": str(path), "count": int(len(idx)),
             "sha256": hashlib.sha256(canon.tobytes()).hexdigest()}

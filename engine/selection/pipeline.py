@@ -98,10 +98,9 @@ def run_selection(s: SelectSettings) -> SelectionResult:
                     plot_score_vs_length(s.scores, result.indices, stage / LENGTH_PLOT)
 
             write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
-            paths = {"coreset": Path(s.out) / "coreset.npy"}
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
                   f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
-                  f"{paths['coreset']}", flush=True)
+                  f"{Path(s.out) / 'coreset.npy'}", flush=True)
         except UsageError as e:        # --out taken meanwhile: by a lock or another selection
             err = str(e)
         except Exception as e:  # noqa: BLE001 - every rank must learn of it

@@ -43,12 +43,9 @@ class PretrainSettings(ModelInputs):
 
 def read_indices(path: str, n: int) -> np.ndarray:
     """A 1-D array of distinct corpus indices in [0, n), or a UsageError naming the problem."""
-    try:
-        idx = np.load(path)
-    except (OSError, ValueError) as e:
-        fail(f"--indices {path}: cannot read ({e})")
-    if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-        fail(f"--indices {path}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
+    from bioprune.engine.io.run_identity import load_indices
+
+    idx = load_indices(path)
     bad = idx[(idx < 0) | (idx >= n)]
     if len(bad):
         fail(f"--indices {path}: {len(bad)} indices outside the corpus of {n} "
