@@ -84,7 +84,15 @@ def add_deepspeed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("DeepSpeed")
     g.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2,
                    help="ZeRO stage; picks ds_configs/<cpu|cuda>_zero<stage>_*.json unless "
-                        "--deepspeed_config is given")
+                        "--deepspeed_config is given. 3 partitions the model itself: it is "
+                        "built inside deepspeed.zero.Init and every pass (training, and in "
+                        "score.py the Fisher and the scores) gathers one layer at a time, so "
+                        "no rank holds the whole model, Fisher or weights; use it when the "
+                        "model does not fit one device")
+    g.add_argument("--offload", choices=("none", "cpu"), default="none",
+                   help="with --zero-stage 3: keep the parameter and optimizer partitions in "
+                        "CPU memory (ZeRO-Infinity offload) and bring each layer to the GPU "
+                        "when it runs")
     add_local_rank_arg(g)
     import deepspeed
 

@@ -86,7 +86,7 @@ def test_plain_install_finds_ds_configs_and_commands(tmp_path):
     for cmd in ("bioprune-score", "bioprune-select", "bioprune-pretrain", "bioprune-demo"):
         assert (target / "bin" / cmd).exists(), cmd
     env = dict(os.environ, PYTHONPATH=str(target))
-    code = ("from bioprune.engine.training.loop import default_ds_config; import bioprune.launch.score;"
+    code = ("from bioprune.engine.runtime.zero3 import default_ds_config; import bioprune.launch.score;"
             "print(default_ds_config(3))")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                        text=True, check=True)

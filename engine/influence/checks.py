@@ -48,6 +48,7 @@ def check_score_settings(s) -> None:
         fail(f"--preset {s.preset!r}: unknown; the presets are: reference")
     v.backend(s.backend)
     v.json_file("deepspeed_config", s.deepspeed_config)
+    v.offload(s.offload, s.zero_stage)
     check_model_inputs(s)
     if s.params:
         check_params_match(s.model, s.model_size, s.params)

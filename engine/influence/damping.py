@@ -50,24 +50,36 @@ class Damping:
         return asdict(self)
 
 
-def fisher_mean(fisher: dict[str, torch.Tensor]) -> float:
+def _summed(values: list[float], allreduce) -> list[float]:
+    """``values`` summed over the ranks that hold parts of the Fisher (``allreduce``: sums a
+    float64 tensor in place across them; None: this process holds all of it)."""
+    if allreduce is None:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    allreduce(t)
+    return t.tolist()
+
+
+def fisher_mean(fisher: dict[str, torch.Tensor], allreduce=None) -> float:
     """mean(F) over every covered entry (float64 sum)."""
-    total = sum(float(f.double().sum()) for f in fisher.values())
-    count = sum(f.numel() for f in fisher.values())
+    total, count = _summed([sum(float(f.double().sum()) for f in fisher.values()),
+                            float(sum(f.numel() for f in fisher.values()))], allreduce)
     return total / max(count, 1)
 
 
-def resolve(fisher: dict[str, torch.Tensor], damping: Damping | float) -> dict:
-    """Effective λ and exclusion threshold for this Fisher, with the counts."""
+def resolve(fisher: dict[str, torch.Tensor], damping: Damping | float, allreduce=None) -> dict:
+    """Effective λ and exclusion threshold for this Fisher, with the counts. Under ZeRO-3 each
+    rank passes its partitions (without padding) and ``allreduce`` sums the statistics."""
     damping = as_damping(damping)
-    mean = fisher_mean(fisher)
+    mean = fisher_mean(fisher, allreduce)
     lam = damping.alpha * mean if damping.mode == "relative" else damping.value
     if not lam > 0:
         raise ValueError(f"effective damping λ = {lam} (mean Fisher {mean}): the Fisher is all "
                          "zero; check D_sub and the covered parameters")
     threshold = -1.0 if damping.exclude_below is None else damping.exclude_below * mean
-    included = sum(int((f.double() > threshold).sum()) for f in fisher.values())
-    covered = sum(f.numel() for f in fisher.values())
+    included, covered = (int(v) for v in _summed(
+        [float(sum(int((f.double() > threshold).sum()) for f in fisher.values())),
+         float(sum(f.numel() for f in fisher.values()))], allreduce))
     return {"mode": damping.mode, "alpha": damping.alpha if damping.mode == "relative" else None,
             "lambda": lam, "exclude_below": damping.exclude_below,
             "threshold": None if damping.exclude_below is None else threshold,
@@ -81,11 +93,12 @@ def as_damping(damping: Damping | float) -> Damping:
     return Damping(mode="absolute", value=float(damping), exclude_below=None)
 
 
-def influence_weights(fisher: dict[str, torch.Tensor], damping: Damping | float, device
-                      ) -> dict[str, torch.Tensor]:
+def influence_weights(fisher: dict[str, torch.Tensor], damping: Damping | float, device,
+                      allreduce=None) -> dict[str, torch.Tensor]:
     """w_j = 1/(F_j + λ) for included j, 0 for excluded; fp32 on ``device``. The record of λ,
-    the threshold and the counts is ``resolve(fisher, damping)``."""
-    info = resolve(fisher, as_damping(damping))
+    the threshold and the counts is ``resolve(fisher, damping)``. Works on partitions as well
+    (ZeRO-3: λ and the threshold come from the statistics summed by ``allreduce``)."""
+    info = resolve(fisher, as_damping(damping), allreduce)
     lam = info["lambda"]
     thr = -1.0 if info["threshold"] is None else info["threshold"]
     weights = {}

@@ -63,6 +63,7 @@ class ScoreSettings(ModelInputs):
     precision: str = "fp32"
     backend: str = "auto"
     zero_stage: int = 2
+    offload: str = "none"
     deepspeed_config: str | None = None
 
 
@@ -81,6 +82,10 @@ class _Run:
     resumed: set = None              # score chunks found finished
     score_seconds: float = 0.0       # wall time of the slowest rank's scoring
     scored_here: int = 0             # sequences scored by this run (all ranks)
+    zero_config: dict | None = None  # the DeepSpeed config of --zero-stage / --offload
+    partitioned: bool = False        # ZeRO-3: model, Fisher and weights partitioned over ranks
+    engine: object = None            # ZeRO-3: the engine whose hooks gather layers just in time
+    peaks: dict = None               # {phase: [peak memory of each rank]}
 
 
 def mask_plan(s: ScoreSettings) -> MaskPlan:
@@ -123,22 +128,44 @@ def run_scoring(settings: ScoreSettings) -> Path:
     _adapt(run)
     params = _covered_parameters(run)
     fisher = _fisher(run, params)
-    scores_dir = _score_all(run, params, fisher)
+    weights = _weights(run, fisher)
+    del fisher                       # the weights are all the scores need
+    scores_dir = _score_all(run, params, weights)
     _finish(run, scores_dir, t0)
     return scores_dir
 
 
 def _start(s: ScoreSettings) -> _Run:
     out = Path(s.out).expanduser().absolute()
+    from bioprune.engine.runtime import zero3
+
     rank, world = distributed.rank(), distributed.world_size()
     manifest = Manifest(out / "manifest.json", "score", vars(s), world) if rank == 0 else None
-    return _Run(s, out, rank, world, manifest)
+    cfg = zero3.ds_config(s.zero_stage, s.deepspeed_config, s.offload)
+    return _Run(s, out, rank, world, manifest, zero_config=cfg,
+                partitioned=zero3.stage_of(cfg) == 3, peaks={})
+
+
+def _peak(run: _Run, phase: str) -> None:
+    """Every rank's peak memory so far, after ``phase`` (collective)."""
+    from bioprune.engine.runtime.zero3 import peak_memory_mb
+
+    mine = peak_memory_mb()
+    if run.world > 1:
+        import torch.distributed as dist
+
+        every = [None] * run.world
+        dist.all_gather_object(every, mine)
+    else:
+        every = [mine]
+    run.peaks[phase] = {k: [round(m[k], 1) for m in every] for k in mine}
 
 
 def _load_corpus(run: _Run) -> None:
     t = time.time()
     s = run.settings
-    run.bundle, run.corpus, cache, run.max_res = load_model_and_corpus(s, s.seed, run.out)
+    run.bundle, run.corpus, cache, run.max_res = load_model_and_corpus(s, s.seed, run.out,
+                                                                       run.zero_config)
     n = len(run.corpus)
     if run.manifest:
         run.manifest.set("corpus", {"paths": s.data, "molecule": run.bundle.molecule,
@@ -168,21 +195,32 @@ def _draw_subset(run: _Run) -> None:
 def _adapt(run: _Run) -> None:
     """Assumption 1: fine-tune on D_sub (skipped when RUN/adapted/ exists); then load the
     adapted model, the one every later phase scores."""
+    import gc
+
     from bioprune.engine.models import load_saved_model, save_model
+    from bioprune.engine.runtime import zero3
 
     s, adapted_dir = run.settings, run.out / "adapted"
     if not (adapted_dir / "model.safetensors").exists():
         t = time.time()
         if s.finetune_epochs > 0:
             _finetune(run, adapted_dir, t)
-        elif run.rank == 0:
+        else:
             save_model(run.bundle, adapted_dir)  # "w/o ft": the scored model is the given one
         distributed.barrier()
-    run.bundle = load_saved_model(adapted_dir)
-    run.bundle.module.to(distributed.device())
+    run.bundle = None                 # the model as loaded, or as trained: freed before reloading
+    gc.collect()
+    with zero3.building(run.zero_config):
+        run.bundle = load_saved_model(adapted_dir)
+    if run.partitioned:
+        run.engine = zero3.inference_engine(run.bundle.module, run.zero_config)
+    else:
+        run.bundle.module.to(distributed.device())
+    _peak(run, "adapt")
 
 
 def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
+    from bioprune.engine.runtime.zero3 import destroy_engine
     from bioprune.engine.training.loop import TrainSettings, export_weights, train
 
     s = run.settings
@@ -195,20 +233,22 @@ def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
         lr=s.finetune_lr, weight_decay=0.01, warmup_steps=s.finetune_warmup,
         schedule="constant", epochs=s.finetune_epochs, micro_batch_size=s.micro_batch_size,
         seed=s.seed, max_residues=run.max_res, zero_stage=s.zero_stage,
-        ds_config=s.deepspeed_config, grad_accum=glob // per_step)
+        ds_config=s.deepspeed_config, grad_accum=glob // per_step, offload=s.offload)
     result = train(run.bundle, run.corpus, run.subset, settings,
                    checkpoint_dir=run.out / "adapt_checkpoints", progress_desc="adapt")
-    export_weights(result["engine"], run.bundle, adapted_dir)
+    engine = result.pop("engine")
+    export_weights(engine, run.bundle, adapted_dir)
     if run.manifest:
         run.manifest.set("adapt", {"steps": result["steps"], "metrics": result["metrics"],
-                                   "ds_config": result["engine"].bioprune_config_source})
+                                   "ds_config": engine.bioprune_config_source})
         run.manifest.timing("adapt", time.time() - t, result["sequences"])
+    destroy_engine(engine)   # its optimizer state must be gone before the Fisher pass
 
 
 def _covered_parameters(run: _Run) -> list:
-    from bioprune.engine.models import trainable_parameters
-
     from bioprune.engine.influence.damping import covered_parameters
+    from bioprune.engine.models import trainable_parameters
+    from bioprune.engine.runtime.zero3 import full_numel
 
     s = run.settings
     pattern = REFERENCE_PARAMS if s.preset == "reference" else s.params
@@ -218,11 +258,11 @@ def _covered_parameters(run: _Run) -> list:
         fail(f"--params {pattern!r} matches no trainable parameter with a gradient")
     if run.manifest:
         named = dict(run.bundle.module.named_parameters())
-        total = sum(p.numel() for _, p in trainable_parameters(run.bundle.module))
+        total = sum(full_numel(p) for _, p in trainable_parameters(run.bundle.module))
         run.manifest.set("parameters", {
             "pattern": pattern, "tensors": len(params),
-            "covered": sum(p.numel() for _, p in params), "total": total,
-            "zero_gradient": {"names": zero, "count": sum(named[n].numel() for n in zero)},
+            "covered": sum(full_numel(p) for _, p in params), "total": total,
+            "zero_gradient": {"names": zero, "count": sum(full_numel(named[n]) for n in zero)},
             "names": [nm for nm, _ in params]})
         run.manifest.set("masks", mask_plan(s).describe())
         run.manifest.save()
@@ -241,13 +281,18 @@ def _kernel_options(s: ScoreSettings) -> dict:
 
 
 def _fisher(run: _Run, params) -> dict:
-    """The diagonal Fisher over D_sub (RUN/fisher.safetensors, computed when absent)."""
-    from safetensors.torch import load_file, save_file
+    """The diagonal Fisher over D_sub (RUN/fisher.safetensors, computed when absent): {name: F}
+    whole, or under ZeRO-3 {name: this rank's partition of F} (its elements inside the tensor)."""
+    from safetensors.torch import load_file
     from tqdm import tqdm
 
+    from bioprune.engine.influence.grad_sample.storage import DenseFisher, PartitionedFisher
     from bioprune.engine.influence.passes import fisher_pass
+    from bioprune.engine.runtime.zero3 import full_shape, read_partition
 
-    s, path = run.settings, run.out / "fisher.safetensors"
+    s, path, device = run.settings, run.out / "fisher.safetensors", distributed.device()
+    shapes = {nm: tuple(full_shape(p)) for nm, p in params}
+    store = PartitionedFisher(params, device) if run.partitioned else DenseFisher(params, device)
     if not path.exists():
         t = time.time()
         mine = run.subset[run.rank::run.world]
@@ -255,40 +300,73 @@ def _fisher(run: _Run, params) -> dict:
                    dynamic_ncols=True)
         fisher = fisher_pass(run.bundle, run.corpus, mine, params, seed=s.seed,
                              max_residues=run.max_res, micro_batch_size=_pass_batch(s),
-                             device=distributed.device(), progress=bar, masks=mask_plan(s),
+                             device=device, progress=bar, masks=mask_plan(s), store=store,
                              **_kernel_options(s))
         bar.close()
-        if run.rank == 0:
-            with atomic_path(path) as tmp:
-                save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp),
-                          metadata={"subset_size": str(len(run.subset)), "seed": str(s.seed)})
-            nonzero = int(sum((f != 0).sum().item() for f in fisher.values()))
-            run.manifest.count(fisher_nonzero=nonzero)
+        _save_fisher(run, path, fisher, shapes, store)
+        if run.manifest:
             run.manifest.timing("fisher", time.time() - t, len(run.subset))
             run.manifest.save()
         distributed.barrier()
-    fisher = load_file(str(path))
-    missing = [nm for nm, _ in params if nm not in fisher]
+        _peak(run, "fisher")
+        return {nm: store.valid(nm) for nm in shapes} if run.partitioned else fisher
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        missing = [nm for nm in shapes if nm not in f.keys()]
     if missing:
         fail(f"{path} lacks {missing[:3]}: it was made with other --params; delete it")
-    return {nm: fisher[nm] for nm, _ in params}
+    _peak(run, "fisher")
+    if run.partitioned:   # each rank reads only its partitions
+        return {nm: read_partition(path, nm, shapes[nm], store.partition[nm]) for nm in shapes}
+    fisher = load_file(str(path))
+    return {nm: fisher[nm] for nm in shapes}
 
 
-def _score_all(run: _Run, params, fisher: dict) -> Path:
-    """I(z) for every sequence, data-parallel in fixed chunks of corpus indices (one part file
-    per chunk; finished parts are kept and skipped)."""
-    from tqdm import tqdm
+def _save_fisher(run: _Run, path: Path, fisher: dict, shapes: dict, store) -> None:
+    """RUN/fisher.safetensors, by rank 0. Under ZeRO-3 each tensor is gathered to rank 0 and
+    written before the next is gathered, so no rank holds the whole Fisher."""
+    from safetensors.torch import save_file
 
-    from bioprune.engine.influence import damping as dmp
-    from bioprune.engine.influence import diagnostics
-    from bioprune.engine.influence.passes import Scorer
-    from bioprune.engine.io import scores as scores_io
+    from bioprune.engine.io.safetensors_stream import write_streamed
+    from bioprune.engine.runtime.zero3 import gather_to_rank0
 
-    s, n, device = run.settings, len(run.corpus), distributed.device()
-    damping = damping_of(s)
-    weights = dmp.influence_weights(fisher, damping, device)
+    meta = {"subset_size": str(len(run.subset)), "seed": str(run.settings.seed)}
+    nonzero = 0
+    if run.partitioned:
+        def whole():
+            nonlocal nonzero
+            for nm, shape in shapes.items():
+                t = gather_to_rank0(store.parts[nm], math.prod(shape), shape)
+                if t is not None:
+                    nonzero += int((t != 0).sum())
+                yield t
+
+        if run.rank == 0:
+            write_streamed(path, list(shapes.items()), whole(), metadata=meta)
+        else:
+            for _ in whole():
+                pass
+    elif run.rank == 0:
+        with atomic_path(path) as tmp:
+            save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp), metadata=meta)
+        nonzero = int(sum((f != 0).sum().item() for f in fisher.values()))
     if run.manifest:
-        record = dmp.resolve(fisher, damping)
+        run.manifest.count(fisher_nonzero=nonzero)
+
+
+def _weights(run: _Run, fisher: dict):
+    """w = 1/(F + λ) for the scoring pass (``damping.influence_weights``), with the damping
+    record in the manifest. Under ZeRO-3 each rank turns its Fisher partitions into weight
+    partitions (λ from statistics summed over the ranks) held as partitioned parameters."""
+    from bioprune.engine.influence import damping as dmp
+    from bioprune.engine.influence.grad_sample.storage import PartitionedWeights
+    from bioprune.engine.runtime.zero3 import allreduce_fn
+
+    damping, device = damping_of(run.settings), distributed.device()
+    allreduce = allreduce_fn(device) if run.partitioned else None
+    record = dmp.resolve(fisher, damping, allreduce)
+    if run.manifest:
         run.manifest.set("damping", {k: record[k] for k in ("mode", "alpha", "lambda",
                                                             "exclude_below", "threshold",
                                                             "fisher_mean")})
@@ -296,6 +374,25 @@ def _score_all(run: _Run, params, fisher: dict) -> Path:
                            included_coordinates=int(record["included"]),
                            excluded_coordinates=int(record["excluded"]))
         run.manifest.save()
+    weights = dmp.influence_weights(fisher, damping, device, allreduce)
+    if not run.partitioned:
+        return weights
+    from bioprune.engine.runtime.zero3 import full_shape
+
+    shapes = {nm: full_shape(p) for nm, p in run.bundle.module.named_parameters()}
+    return PartitionedWeights.from_parts(weights, shapes, run.zero_config)
+
+
+def _score_all(run: _Run, params, weights) -> Path:
+    """I(z) for every sequence, data-parallel in fixed chunks of corpus indices (one part file
+    per chunk; finished parts are kept and skipped). Under ZeRO-3 the ranks score in step."""
+    from tqdm import tqdm
+
+    from bioprune.engine.influence import diagnostics
+    from bioprune.engine.influence.passes import Scorer
+    from bioprune.engine.io import scores as scores_io
+
+    s, n, device = run.settings, len(run.corpus), distributed.device()
     groups = diagnostics.parameter_groups(run.bundle.module, params)
     mass_dir = run.out / "diagnostics"
     mass_dir.mkdir(parents=True, exist_ok=True)
@@ -304,19 +401,21 @@ def _score_all(run: _Run, params, fisher: dict) -> Path:
     n_chunks = math.ceil(n / s.chunk_size)
     run.resumed = scores_io.finished_chunks(scores_dir)
     todo = [c for c in range(n_chunks) if c % run.world == run.rank and c not in run.resumed]
+    chunks = [(c, np.arange(c * s.chunk_size, min(n, (c + 1) * s.chunk_size), dtype=np.int64))
+              for c in todo]
     t = time.time()
-    n_mine = sum(min(n, (c + 1) * s.chunk_size) - c * s.chunk_size for c in todo)
+    n_mine = sum(len(idx) for _, idx in chunks)
     bar = tqdm(total=n_mine, desc="score", unit="seq", disable=run.rank != 0, dynamic_ncols=True)
     with Scorer(run.bundle, params, weights, seed=s.seed, max_residues=run.max_res,
                 device=device, masks=mask_plan(s), groups=groups, **_kernel_options(s)) as scorer:
-        for c in todo:
-            idx = np.arange(c * s.chunk_size, min(n, (c + 1) * s.chunk_size), dtype=np.int64)
-            cols = scorer.score_chunk(run.corpus, idx, _pass_batch(s), bar)
+        for c, cols, mass in scorer.score_chunks(run.corpus, chunks, _pass_batch(s), bar,
+                                                 lockstep=run.partitioned):
             # the chunk's score mass per parameter group, before its part (resume keys on parts)
-            write_json(mass_dir / f"mass-{c:06d}.json", scorer.take_group_mass())
+            write_json(mass_dir / f"mass-{c:06d}.json", mass)
             scores_io.write_part(scores_dir, c, **cols)
     bar.close()
     run.score_seconds, run.scored_here = _slowest_and_total(time.time() - t, n_mine, device)
+    _peak(run, "score")
     return scores_dir
 
 
@@ -353,6 +452,9 @@ def _finish(run: _Run, scores_dir: Path, t0: float) -> None:
     m.count(scored=rows, resumed_chunks=len(run.resumed), scored_this_run=run.scored_here)
     m.timing("score", run.score_seconds, run.scored_here)
     m.timing("total", time.time() - t0)
+    m.set("zero", {"stage": run.settings.zero_stage, "offload": run.settings.offload,
+                   "partitioned": run.partitioned, "world_size": run.world,
+                   "peak_memory_mb_per_rank": run.peaks})
     m.save("finished")
     print(f"scored {rows} sequences ({len(run.resumed)} of {n_chunks} parts resumed) -> "
           f"{scores_dir}", flush=True)

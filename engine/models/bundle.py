@@ -44,17 +44,29 @@ def init_from_scratch(module: nn.Module) -> None:
 
     PyTorch's default N(0, 1) embedding would, through RNA-FM's tied LM projection, start
     training at logits of standard deviation ~sqrt(width) (a loss near 16 instead of ln|V|).
+
+    Under ZeRO-3 (built inside ``deepspeed.zero.Init``) each module's parameters are gathered for
+    its own initialisation, rank 0's values kept: one module is whole at a time.
     """
+    from bioprune.engine.runtime.zero3 import gathered
+
     for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
+        if not isinstance(m, (nn.Linear, nn.Embedding)):
+            continue
+        with gathered(m.parameters(recurse=False), modifier_rank=0):
+            _init_module(m)
+
+
+def _init_module(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    else:
+        nn.init.normal_(m.weight, std=0.02)
+        if m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
 
 
 def residue_lut(token_of: dict[str, int], letters: str, unknown_letters: str, unk_id: int) -> np.ndarray:

@@ -24,16 +24,19 @@ class ModelInputs:
     overwrite: bool = False          # start --out afresh instead of refusing another run's outputs
 
 
-def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path):
-    """Returns (bundle, corpus, cache dir, residues kept per sequence)."""
+def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path, zero_config: dict | None = None):
+    """Returns (bundle, corpus, cache dir, residues kept per sequence). With a ZeRO-3
+    ``zero_config`` the model is built partitioned (``runtime.zero3.building``)."""
     import torch
 
     from bioprune.engine.data.corpus import CorpusError, load_corpus
     from bioprune.engine.models import build_model
+    from bioprune.engine.runtime.zero3 import building
 
     torch.manual_seed(seed)
     try:
-        bundle = build_model(inputs.model, inputs.model_size, inputs.checkpoint)
+        with building(zero_config):
+            bundle = build_model(inputs.model, inputs.model_size, inputs.checkpoint)
     except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
         fail(f"--checkpoint {inputs.checkpoint}: cannot load it into --model {inputs.model} "
              f"--model-size {inputs.model_size} ({e})" if inputs.checkpoint else str(e))

@@ -4,6 +4,7 @@ local state dicts and the released ``RNA-FM_pretrained.pth`` through fm's own lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import numpy as np
 import torch
@@ -74,7 +75,8 @@ def build_rnafm(size: str, checkpoint: str | None = None) -> ModelBundle:
                              "bioprune.engine.models.rnafm.RNAFM_SIZES; add it there")
     else:
         args = _rnafm_args(size)
-        net = fm.BioBertModel(args, alphabet)
+        with _children_gathered_for_reset():
+            net = fm.BioBertModel(args, alphabet)
     module = RnaFmMLM(net)
     if not released:
         init_from_scratch(module)
@@ -94,6 +96,28 @@ def build_rnafm(size: str, checkpoint: str | None = None) -> ModelBundle:
         config={"model": "rnafm", "size": size, **{k: v for k, v in vars(args).items()
                                                   if isinstance(v, (int, float, str, bool))}},
     )
+
+
+@contextlib.contextmanager
+def _children_gathered_for_reset():
+    """fm's attention initialises its q/k/v/out projections in its own ``reset_parameters``,
+    after ZeRO-3 (``deepspeed.zero.Init``) has already partitioned those children: gather them
+    around it (rank 0's values kept). A no-op when nothing is partitioned."""
+    from fm.multihead_attention import MultiheadAttention
+
+    from bioprune.engine.runtime.zero3 import gathered
+
+    original = MultiheadAttention.reset_parameters
+
+    def reset_parameters(self):
+        with gathered(self.parameters(), modifier_rank=0):
+            original(self)
+
+    MultiheadAttention.reset_parameters = reset_parameters
+    try:
+        yield
+    finally:
+        MultiheadAttention.reset_parameters = original
 
 
 def _is_rnafm_release(path: str) -> bool:

@@ -94,6 +94,15 @@ def output_dir(name: str, path) -> Path:
     return p
 
 
+def offload(value: str, zero_stage: int) -> None:
+    """--offload moves ZeRO-3 partitions; with another stage there are none to move."""
+    if value not in ("none", "cpu"):
+        fail(f"--offload {value!r}: choose none or cpu")
+    if value != "none" and zero_stage != 3:
+        fail(f"--offload {value} offloads ZeRO-3 partitions: add --zero-stage 3 "
+             f"(got --zero-stage {zero_stage})")
+
+
 def backend(value: str) -> None:
     """--backend triton needs CUDA (or the Triton interpreter, TRITON_INTERPRET=1, the tests')."""
     if value != "triton":

@@ -34,6 +34,7 @@ def check_pretrain_settings(s) -> None:
     v.positive_int("seed", s.seed, minimum=0)
     v.positive_int("heldout_size", s.heldout_size, minimum=0)
     v.json_file("deepspeed_config", s.deepspeed_config)
+    v.offload(s.offload, s.zero_stage)
     check_model_inputs(s)
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -40,20 +38,14 @@ class TrainSettings:
     ds_config: str | None = None  # a DeepSpeed JSON; default ds_configs/<device>_zero<stage>_*.json
     grad_accum: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (compute-matched runs)
-
-
-def default_ds_config(stage: int) -> Path:
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    kind = "bf16" if dev == "cuda" else "fp32"
-    path = Path(str(files("bioprune.ds_configs") / f"{dev}_zero{stage}_{kind}.json"))
-    if not path.exists():
-        raise FileNotFoundError(f"no DeepSpeed config {path}; ZeRO stages are 0-3")
-    return path
+    offload: str = "none"         # "cpu": ZeRO-Infinity offload of the stage-3 partitions
 
 
 def load_ds_config(settings: TrainSettings) -> dict:
-    path = Path(settings.ds_config) if settings.ds_config else default_ds_config(settings.zero_stage)
-    cfg = json.loads(path.read_text())
+    from bioprune.engine.runtime.zero3 import ds_config
+
+    cfg = ds_config(settings.zero_stage, settings.ds_config, settings.offload)
+    path = cfg.pop("_source")
     # The command line owns the batch geometry and the optimiser's hyper-parameters.
     cfg.pop("train_batch_size", None)
     cfg["train_micro_batch_size_per_gpu"] = settings.micro_batch_size
@@ -126,14 +118,21 @@ def rank_batches(indices: np.ndarray, seed: int, epoch: int, micro_batch: int, r
 @torch.no_grad()
 def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSettings) -> dict:
     """Held-out MLM loss (mean per-sample ℓ) and perplexity (exp of the token-level mean CE)."""
+    from bioprune.engine.runtime.zero3 import in_lockstep
+
     rank, world = distributed.rank(), distributed.world_size()
     mine = np.asarray(indices)[rank::world]
     acc = torch.zeros(4, dtype=torch.float64)  # Σ ℓ_b, #samples, Σ token CE, #tokens
     engine.eval()
-    for s in range(0, len(mine), settings.micro_batch_size):
-        b = make_batch(corpus, mine[s:s + settings.micro_batch_size], bundle, settings.seed,
-                       settings.max_residues).to(engine.device)
+    chunks = [mine[s:s + settings.micro_batch_size]
+              for s in range(0, len(mine), settings.micro_batch_size)]
+    # ZeRO-3 gathers parameters in every forward: ranks with fewer batches run filler ones
+    for chunk in in_lockstep(chunks, distributed.device(), engine.zero_optimization_stage() == 3):
+        b = make_batch(corpus, chunk if chunk is not None else np.asarray(indices[:1]), bundle,
+                       settings.seed, settings.max_residues).to(engine.device)
         logits = engine(b.tokens).float()
+        if chunk is None:
+            continue
         loss = per_sample_loss(logits, b.labels)
         ce = torch.nn.functional.cross_entropy(
             logits.flatten(0, 1), b.labels.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -217,20 +216,16 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
 def export_weights(engine, bundle, directory) -> Path | None:
     """Write the trained weights as a plain state dict (``model.safetensors`` + ``config.json``).
 
-    Under ZeRO-3 the parameters are partitioned: gather them first. Every rank must call this.
+    Under ZeRO-3 the parameters are gathered to rank 0 one module at a time (no other rank ever
+    holds the whole model). Every rank must call this.
     """
     from bioprune.engine.models import save_state
+    from bioprune.engine.models.checkpoint import state_on_rank0
 
-    stage = engine.zero_optimization_stage()
-    module = engine.module
-    if stage == 3:
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    else:
-        state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    state = state_on_rank0(engine.module) if (distributed.is_main()
+                                              or engine.zero_optimization_stage() == 3) else None
     out = save_state(state, bundle.config, directory, bundle) if distributed.is_main() else None
+    del state
     distributed.barrier()
     return out
 

@@ -38,6 +38,7 @@ class PretrainSettings(ModelInputs):
     seed: int = 0
     heldout_size: int = 1000
     zero_stage: int = 2
+    offload: str = "none"
     deepspeed_config: str | None = None
 
 
@@ -57,6 +58,7 @@ def read_indices(path: str, n: int) -> np.ndarray:
 
 def run_pretraining(s: PretrainSettings) -> Path:
     """Train, checkpoint per epoch (resumable), export ``out/final``; returns that directory."""
+    from bioprune.engine.runtime.zero3 import ds_config
     from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
 
     t0 = time.time()
@@ -65,7 +67,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
         return finished
     out = Path(s.out).expanduser().absolute()
     rank, world = distributed.rank(), distributed.world_size()
-    bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out)
+    zero_config = ds_config(s.zero_stage, s.deepspeed_config, s.offload)
+    bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out, zero_config)
     n = len(corpus)
     train_idx = np.arange(n, dtype=np.int64) if s.indices is None else read_indices(s.indices, n)
     heldout = heldout_indices(n, s.heldout_size, s.seed)
@@ -79,7 +82,7 @@ def run_pretraining(s: PretrainSettings) -> Path:
         lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup, schedule="inverse_sqrt",
         epochs=epochs, micro_batch_size=s.micro_batch_size, seed=s.seed, max_residues=max_res,
         zero_stage=s.zero_stage, ds_config=s.deepspeed_config, grad_accum=s.grad_accum,
-        max_steps=s.steps)
+        max_steps=s.steps, offload=s.offload)
     manifest = None
     if rank == 0:
         save_npy(out / "heldout.npy", heldout)

@@ -36,6 +36,7 @@ of the scores (``groups``: {parameter name: group}).
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections import Counter
 
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from .registry import handler_for
+from .storage import DenseFisher, as_weight_store
 
 
 class Mode(enum.Enum):
@@ -53,8 +55,8 @@ class Mode(enum.Enum):
 
 class SquaredGradCollector:
     def __init__(self, bundle, params: list[tuple[str, nn.Parameter]], mode: Mode,
-                 weights: dict[str, torch.Tensor] | None = None, backend: str | None = None,
-                 groups: dict[str, str] | None = None):
+                 weights=None, backend: str | None = None,
+                 groups: dict[str, str] | None = None, fisher_store=None):
         self.bundle, self.mode, self.backend = bundle, mode, backend
         self.copies = 1  # masked copies per sample in the current batch (set before backward)
         self.group_of = {id(p): (groups or {}).get(n, "other") for n, p in params}
@@ -65,11 +67,14 @@ class SquaredGradCollector:
         if mode is Mode.SCORE:
             if weights is None:
                 raise ValueError("SCORE mode needs weights = {name: 1/(F + λ)}")
-            self.weights = {id(self.params[n]): weights[n] for n in self.params}
+            self.weight_store = as_weight_store(weights)
+            lacking = [n for n in self.params if n not in self.weight_store]
+            if lacking:
+                raise KeyError(f"no weights for {lacking[:3]}")
         self._rules, self._uses = self._find_rules()
-        self.fisher: dict[str, torch.Tensor] = {}
+        self.fisher_store = None
         if mode is Mode.FISHER:
-            self.fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
+            self.fisher_store = fisher_store if fisher_store is not None else DenseFisher(params)
         self.scores: torch.Tensor | None = None
         self.squared: dict[str, torch.Tensor] = {}
         self._pending: dict[int, torch.Tensor] = {}
@@ -213,14 +218,17 @@ class SquaredGradCollector:
             return
         from bioprune.kernels import fisher_accumulate, weighted_sq_norm
 
+        bias_name = self.names[id(bias)] if fused_b else None
         if self.mode is Mode.FISHER:
-            fisher_accumulate(x, d, self.fisher[self.names[id(weight)]],
-                              bias_fisher=self.fisher[self.names[id(bias)]] if fused_b else None,
-                              backend=self.backend)
+            store = self.fisher_store
+            with store.target(self.names[id(weight)]) as fw, \
+                    (store.target(bias_name) if fused_b else contextlib.nullcontext()) as fb:
+                fisher_accumulate(x, d, fw, bias_fisher=fb, backend=self.backend)
         else:
-            s = weighted_sq_norm(x, d, self.weights[id(weight)],
-                                 bias_weight=self.weights[id(bias)] if fused_b else None,
-                                 backend=self.backend)
+            store = self.weight_store
+            with store.weights(self.names[id(weight)]) as ww, \
+                    (store.weights(bias_name) if fused_b else contextlib.nullcontext()) as wb:
+                s = weighted_sq_norm(x, d, ww, bias_weight=wb, backend=self.backend)
             self._score_part(weight, s)
 
     def unique_rows(self, p, idx: torch.Tensor, d: torch.Tensor, skip: int | None) -> None:
@@ -246,9 +254,12 @@ class SquaredGradCollector:
         if skip is not None:
             sq = sq * idx.ne(skip).unsqueeze(-1)
         if self.mode is Mode.FISHER:
-            self.fisher[self.names[id(p)]].index_add_(0, idx.reshape(-1), sq.reshape(-1, sq.shape[-1]))
+            with self.fisher_store.target(self.names[id(p)]) as f:
+                f.index_add_(0, idx.reshape(-1), sq.reshape(-1, sq.shape[-1]))
         else:
-            self._score_part(p, (self.weights[id(p)][idx] * sq).sum((1, 2)))
+            with self.weight_store.weights(self.names[id(p)]) as w:
+                part = (w[idx] * sq).sum((1, 2))
+            self._score_part(p, part)
 
     def add(self, p, g: torch.Tensor) -> None:
         """A materialised per-row gradient contribution (B·K, *p.shape) of parameter ``p``."""
@@ -267,9 +278,12 @@ class SquaredGradCollector:
         name = self.names[id(p)]
         sq = g.float().square()
         if self.mode is Mode.FISHER:
-            self.fisher[name] += sq.sum(0)
+            with self.fisher_store.target(name) as f:
+                f += sq.sum(0)
         elif self.mode is Mode.SCORE:
-            self._score_part(p, (sq * self.weights[id(p)]).flatten(1).sum(1))
+            with self.weight_store.weights(name) as w:
+                part = (sq * w).flatten(1).sum(1)
+            self._score_part(p, part)
         else:
             self.squared[name] = sq
 
@@ -284,6 +298,12 @@ class SquaredGradCollector:
             self._reduce(self.params[self.names[pid]], g)
         self._pending.clear()
         self._batch_size = None
+
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        """FISHER mode: {name: Σ_b g_b²} (dense), or this rank's partitions (partitioned store)."""
+        store = self.fisher_store
+        return store.parts if store.partitioned else store.tensors
 
     def take_group_mass(self) -> dict[str, float]:
         """{group: Σ over the samples scored since the last call of that group's score part}."""

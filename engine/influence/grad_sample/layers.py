@@ -28,7 +28,9 @@ def layer_norm(module: nn.LayerNorm, x: torch.Tensor, d: torch.Tensor, sink) -> 
 def embedding_grad(weight: torch.Tensor, idx: torch.Tensor, d: torch.Tensor,
                    padding_idx: int | None) -> torch.Tensor:
     """Per-sample gradient of an embedding table: G_b[v] = Σ_{t: idx_bt = v} d_bt, (B, V, E)."""
-    B, V, E = idx.shape[0], weight.shape[0], weight.shape[1]
+    from bioprune.engine.runtime.zero3 import full_shape
+
+    B, (V, E) = idx.shape[0], full_shape(weight)   # (ZeRO-3 may have released the data)
     flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * V).reshape(-1)
     g = torch.zeros(B * V, E, device=d.device, dtype=torch.float32)
     g.index_add_(0, flat, d.reshape(-1, E).float())
