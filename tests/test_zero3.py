@@ -73,15 +73,17 @@ def test_zero3_scores_equal_unsharded_on_1_2_3_ranks(tmp_path, model):
 
 @needs_data
 def test_zero3_adaptation_matches_the_unsharded_one(tmp_path):
-    """Fine-tuning under ZeRO-3 on 2 ranks = stage 0 on 1 rank with the same global batch: the
-    exported adapted weights (gathered to rank 0) and then the scores agree."""
+    """Fine-tuning under ZeRO-3 on 2 ranks, partitions offloaded (ZeRO-Infinity), = stage 0 on
+    1 rank with the same global batch: the exported adapted weights (gathered to rank 0) and
+    then the scores agree."""
     from safetensors.torch import load_file
 
     files = small_corpus(tmp_path, n_fasta=10, n_csv=10)
     extra = ["--finetune-epochs", "1", "--finetune-warmup", "1", "--finetune-global-batch", "8",
              "--mask-draws", "1"]
     ref = _score(tmp_path, files, "ref", 0, 1, extra)
-    got = _score(tmp_path, files, "z3", 3, 2, extra)
+    got = _score(tmp_path, files, "z3", 3, 2, [*extra, "--offload", "cpu"])
+    assert _zero_record(got)["offload"] == "cpu"
     wa = load_file(str(ref / "adapted" / "model.safetensors"))
     wb = load_file(str(got / "adapted" / "model.safetensors"))
     assert wa.keys() == wb.keys()

@@ -210,10 +210,12 @@ def _adapt(run: _Run) -> None:
         distributed.barrier()
     run.bundle = None                 # the model as loaded, or as trained: freed before reloading
     gc.collect()
-    with zero3.building(run.zero_config):
+    # the Fisher and scoring passes partition (and with --offload cpu, offload) like adaptation
+    cfg = run.zero_config
+    with zero3.building(cfg):
         run.bundle = load_saved_model(adapted_dir)
     if run.partitioned:
-        run.engine = zero3.inference_engine(run.bundle.module, run.zero_config)
+        run.engine = zero3.inference_engine(run.bundle.module, cfg)
     else:
         run.bundle.module.to(distributed.device())
     _peak(run, "adapt")
