@@ -112,6 +112,23 @@ def building(cfg: dict | None):
     init_cfg.setdefault("train_micro_batch_size_per_gpu", 1)
     with deepspeed.zero.Init(config_dict_or_path=init_cfg):
         yield
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by Python back to the operating system (glibc ``malloc_trim``).
+
+    Building under ``zero.Init`` allocates each module whole and frees it once partitioned; glibc
+    keeps those pages, so the process looks (and, for the OOM killer, is) as large as the model
+    until they are trimmed: 2.7 GB instead of 1.2 GB per rank for ESM-C 600M on 2 ranks."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to do
+        pass
 
 
 def inference_engine(module: nn.Module, cfg: dict):
@@ -150,6 +167,7 @@ def destroy_engine(engine) -> None:
             optimizer.state.clear()
     del engine
     gc.collect()
+    return_freed_memory()
 
 
 # ---- per-parameter tensors partitioned like the parameters -----------------------------------
