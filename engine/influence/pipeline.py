@@ -147,10 +147,12 @@ def _start(s: ScoreSettings) -> _Run:
 
 
 def _peak(run: _Run, phase: str) -> None:
-    """Every rank's peak memory so far, after ``phase`` (collective)."""
-    from bioprune.engine.runtime.zero3 import peak_memory_mb
+    """Every rank's peak memory during ``phase`` (since the previous call), recorded after it;
+    the next phase's peak starts here (collective)."""
+    from bioprune.engine.runtime.zero3 import peak_memory_mb, reset_peak_memory
 
     mine = peak_memory_mb()
+    reset_peak_memory()
     if run.world > 1:
         import torch.distributed as dist
 

@@ -254,13 +254,36 @@ def in_lockstep(items: list, device, lockstep: bool):
 
 
 def peak_memory_mb() -> dict:
-    """This process's peak resident memory (and peak CUDA allocation) so far, MiB."""
-    import resource
-
-    out = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    """This process's peak resident memory (and peak CUDA allocation) since the last
+    :func:`reset_peak_memory`, MiB. Linux's VmHWM; ``ru_maxrss`` (never reset) elsewhere."""
+    out = {"rss": _vm_hwm_mb()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: each phase's peak is its own, not the largest of the phases before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")        # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _vm_hwm_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def gather_to_rank0(part: torch.Tensor, numel: int, shape) -> torch.Tensor | None:
