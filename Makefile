@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 ESM_RUNTIME := attrs biopython biotite brotli cloudpathlib einops httpx msgpack-numpy pandas \
                scikit-learn tenacity zstd
 
-.PHONY: install demo demo-esm2 test bench clean experiment experiment-quick
+.PHONY: install demo demo-esm2 test bench bench-gpu clean experiment experiment-quick
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ test: install
 
 bench: install
 	$(PY) launch/bench/scoring.py
+
+# The GPU throughput report (issue 11): kernels vs cuBLAS GEMM, tokens/s of train / Fisher / score
+# for ESM-C 300M/600M and RNA-FM in bf16, targets PASS/FAIL; exit 2 without CUDA.
+bench-gpu: install
+	$(PY) launch/bench/gpu.py --out runs/bench-gpu
 
 # The pruning study (issue 9): RNA tiny, <= 90 min on a 2-core CPU; rerun to resume.
 EXPERIMENT_CONFIG ?= configs/experiments/rna-tiny.toml
