@@ -166,6 +166,23 @@ def destroy_engine(engine) -> None:
         with contextlib.suppress(Exception):
             optimizer.state.clear()
     del engine
+    # DeepSpeed's ZeRO-3 hooks push modules on a global stack and can leave the root module on
+    # it; through that module's hooks the whole engine (optimizer state included: 5.75 GB per
+    # rank for ESM-C 600M on 2 ranks) would outlive this call. No forward is running here.
+    # Its parameter coordinator also memoises "parameters to release" per (coordinator, module)
+    # in an unbounded class-level functools.lru_cache, which keeps every module it saw alive.
+    with contextlib.suppress(ImportError, AttributeError):
+        from deepspeed.runtime.zero import parameter_offload
+        from deepspeed.runtime.zero.partitioned_param_coordinator import \
+            PartitionedParameterCoordinator as Coordinator
+
+        parameter_offload.FWD_MODULE_STACK.clear()
+        fn = vars(Coordinator).get("_PartitionedParameterCoordinator__params_to_release")
+        # (the cache sits inside DeepSpeed's nvtx wrapper, in its closure)
+        for cell in [*(getattr(fn, "__closure__", None) or ()), None]:
+            inner = fn if cell is None else cell.cell_contents
+            if hasattr(inner, "cache_clear"):
+                inner.cache_clear()
     gc.collect()
     return_freed_memory()
 
