@@ -487,7 +487,7 @@ def _rank_main(rank, world, init_file, paths, cache, out):
 
 
 def test_load_corpus_two_ranks(tmp_path):
-    """Rank 0 builds while rank 1 waits; both open the same corpus; a stale cache errors on
+    """Both ranks build (each its share); both open the same corpus; a stale cache errors on
     every rank (no rank hangs at the barrier)."""
     import multiprocessing as mp
 
