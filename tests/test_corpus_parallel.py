@@ -335,23 +335,10 @@ def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
     """Two gloo ranks, each scanning its share: every case gives the reference bytes and, on
     both ranks, the reference error; a built cache is reused, a stale one refused on both ranks;
     a node-local cache ends up complete on each (simulated) node."""
-    import multiprocessing as mp
+    from test_corpus import spawn_ranks
 
     cases = _cases(inputs)
-    ctx = mp.get_context("spawn")
-    outs = [tmp_path / f"out-{r}.json" for r in range(2)]
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, str(tmp_path / "init"), cases,
-                                                   str(tmp_path / "work"), str(outs[r])))
-             for r in range(2)]
-    for q in procs:
-        q.start()
-    for q in procs:
-        q.join(timeout=300)
-    for q in procs:
-        if q.is_alive():
-            q.kill()
-            pytest.fail("the parallel build deadlocked across ranks")
-        assert q.exitcode == 0
+    outs = spawn_ranks(_rank_main, (cases, str(tmp_path / "work")), tmp_path, timeout=300)
     res = [json.loads(o.read_text()) for o in outs]
     for name in cases:
         for r in range(2):

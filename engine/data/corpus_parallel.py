@@ -211,8 +211,17 @@ def _make_tmp(lay: _Layout) -> str | None:
     return str(tmp)
 
 
+def _visible(tmp: Path, rank: int) -> None:
+    if not tmp.is_dir():
+        raise CorpusError(f"rank {rank} does not see the directory the corpus is being built in "
+                          f"({tmp})", hint="every rank must see the corpus cache (a shared "
+                          "filesystem); without one, give a directory on each node's own disk "
+                          "(--corpus-cache-local)")
+
+
 def _build(comm, lay: _Layout, plan: dict, tmp: Path, column, id_column, on_invalid,
            chunk_bytes, batch_rows, t0) -> None:
+    _together(comm, _visible, tmp, comm.rank)
     alpha = get_alphabet(plan["molecule"])
     specs, units = plan["specs"], plan["units"]
     mine = [u for u in units if u.owner == comm.rank]
@@ -224,8 +233,8 @@ def _build(comm, lay: _Layout, plan: dict, tmp: Path, column, id_column, on_inva
     phases["scan"] = time.perf_counter() - t
     t = time.perf_counter()
     nz = np.flatnonzero(hist)
-    gathered = comm.allgather_object((summaries, nz, hist[nz], scan_s["scan"]))
-    scan_by_rank = [g[3] for g in gathered]
+    gathered = comm.allgather_object((summaries, nz, hist[nz], scan_s))
+    scanned = [(sum(x.seen for x in g[0]), g[3]) for g in gathered]   # (records, s) per rank
     every: list = [None] * len(units)
     hists = [np.zeros(1, np.int64)]
     for sums, idx, cnt, _ in gathered:
@@ -255,10 +264,20 @@ def _build(comm, lay: _Layout, plan: dict, tmp: Path, column, id_column, on_inva
     info = _build_info(seconds, sum(f["size"] for f in merged.meta["inputs"]),
                        merged.meta["n_records"], ranks=comm.world, nodes=len(lay.groups),
                        units=len(units), phases_s={k: round(v, 4) for k, v in phases.items()},
-                       scan_s_per_rank={"min": round(min(scan_by_rank), 4),
-                                        "max": round(max(scan_by_rank), 4)})
+                       scan_per_rank=_rates(scanned))
     info = comm.allgather_object(info)[0] if comm.world > 1 else info
     _together(comm, _finish, lay, tmp, plan, merged, info, on_invalid, column, id_column)
+
+
+def _rates(scanned) -> dict:
+    """The ranks' scan times and rates (records read per second of wall time, and per CPU
+    second: the rate a rank with a core of its own reaches), for the benchmark."""
+    out = {"seconds_max": round(max(t["scan"] for _, t in scanned), 4)}
+    for key, name in (("scan", "records_per_s"), ("scan_cpu", "records_per_cpu_s")):
+        rates = [n / t[key] for n, t in scanned if n and t[key] > 0]
+        out[name + "_min"] = round(min(rates), 1) if rates else None
+        out[name + "_max"] = round(max(rates), 1) if rates else None
+    return out
 
 
 # ------------------------------------------------------------------------- deferred ids
@@ -268,22 +287,24 @@ _POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
 def _deferred(shard: Path) -> np.ndarray:
     """(unit, shard record index, local record number) of the records whose generated id waits
-    for their unit's first record number."""
+    for their unit's first record number: memory-mapped, in shard order."""
     p = shard / "deferred.i64"
     if not p.exists() or p.stat().st_size == 0:
         return np.zeros((0, 3), np.int64)
-    return np.fromfile(p, dtype="<i8").reshape(-1, 3)
+    return np.memmap(p, dtype="<i8", mode="r").reshape(-1, 3)
 
 
 def _generated_bytes(shard: Path, units: list[Unit], merged: Merged, specs) -> np.ndarray:
     """Bytes per unit of this rank's generated ids '<name>:<record number>'."""
     out = np.zeros(len(units), np.int64)
     d = _deferred(shard)
-    if d.size:
-        u = d[:, 0]
-        num = merged.file_base[u] + d[:, 2] + 1
-        name_len = np.array([len(specs[x.file].name.encode()) for x in units], np.int64)
-        out += np.bincount(u, weights=name_len[u] + 2 + np.searchsorted(_POW10, num, "right"),
+    name_len = np.array([len(specs[x.file].name.encode()) for x in units], np.int64)
+    for c in range(0, len(d), CHUNK_RECORDS):
+        rows = np.asarray(d[c:c + CHUNK_RECORDS])
+        u = rows[:, 0]
+        num = merged.file_base[u] + rows[:, 2] + 1
+        digits = np.searchsorted(_POW10, num, "right") + 1
+        out += np.bincount(u, weights=name_len[u] + 1 + digits,
                            minlength=len(units)).astype(np.int64)
     return out
 
@@ -406,7 +427,8 @@ def _ids_deferred(shard, dst, n, d, seg, units, merged, specs) -> None:
     cursor, at = seg["ids"][0], seg["id_offsets"][0]
     for c in range(0, n, CHUNK_RECORDS):
         e = min(n, c + CHUNK_RECORDS)
-        rows = d[(d[:, 1] >= c) & (d[:, 1] < e)].copy()
+        lo, hi = np.searchsorted(d[:, 1], [c, e])
+        rows = np.array(d[lo:hi])
         rows[:, 1] -= c
         local = np.asarray(ioff[c:e + 1]) - int(ioff[c])
         data, off = _ids_with_generated(np.asarray(ids[int(ioff[c]):int(ioff[e])]), local, rows,

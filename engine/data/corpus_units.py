@@ -155,12 +155,12 @@ def scan_units(units: list[Unit], specs: list[InputSpec], alpha: Alphabet, shard
                batch_rows: int) -> tuple[list[UnitSummary], np.ndarray, dict]:
     """Scan this rank's units in order into the shard directory ``shard`` (the arrays of a
     corpus, local offsets, plus ``rejected.part`` and ``deferred.i64``). Returns the unit
-    summaries, the length histogram and timings.
+    summaries, the length histogram and the scan's wall and CPU seconds.
 
     Stops early where the whole build must fail (the same rules as the single-process build,
     so the merge reaches the same error): a unit's read error; in error mode, MAX_LISTED bad
     records; an empty whole input, or (skip) one whose every record is bad."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     shard.mkdir(parents=True, exist_ok=True)
     w = _Writer(shard)
     rej = open(shard / "rejected.part", "w", encoding="utf-8")
@@ -230,7 +230,8 @@ def scan_units(units: list[Unit], specs: list[InputSpec], alpha: Alphabet, shard
         w.close(sync=False)     # scratch: the assembled arrays are synced
         rej.close()
         gen.close()
-    return summaries, hist, {"scan": time.perf_counter() - t0}
+    return summaries, hist, {"scan": time.perf_counter() - t0,
+                             "scan_cpu": time.process_time() - cpu0}
 
 
 # ------------------------------------------------------------------------------------ merge

@@ -23,13 +23,15 @@ restarted after the imports; the process also holds the interpreter, numpy and t
 RSS before the build is subtracted in the next column), and the parallel build's phases (scan,
 exchange, assemble).
 
-Projection to ``--proj-records`` on ``--proj-ranks`` ranks, model: scan = max(records per rank /
-the slowest rank's measured scan rate, input bytes / the filesystem's aggregate read bandwidth);
-exchange = a few all-gathers of ~3 KB per unit (latency x log2(P) x rounds, negligible); assembly
-= output bytes / min(P x the measured per-rank assembly bandwidth, the filesystem's aggregate
-write bandwidth); with a node-local cache, plus the broadcast of the whole corpus to every node
-(output bytes / link bandwidth, pipelined) written to each node's disk. The cluster bandwidths
-are flags (defaults: a modest Lustre/GPFS, 100 Gb/s links, NVMe).
+Projection to ``--proj-records`` on ``--proj-ranks`` ranks (each with a core of its own), model:
+scan = max(records per rank / the slowest rank's measured records per CPU second, input bytes /
+the filesystem's aggregate read bandwidth, shard bytes / its aggregate write bandwidth);
+exchange = six collectives (latency x log2 P) and an all-gather of ~3 KB per unit (negligible);
+assembly = output bytes / min(P x the measured per-rank assembly bandwidth, the aggregate write
+bandwidth). With a node-local cache: the shards and each node's own share go to its disk, and
+each node receives the other nodes' shares over its link while writing them (pipelined:
+bytes / min(link, disk)). The cluster bandwidths are flags (defaults: a modest Lustre/GPFS at
+20 GB/s read and 10 GB/s write, 100 Gb/s links, 3 GB/s NVMe).
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default="/tmp/bioprune_bench_corpus",
                    help="where the inputs are generated (kept) and the corpora built (deleted)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every build this many times, interleaved, and keep each one's "
+                        "fastest (a machine shared with other jobs)")
     p.add_argument("--baseline-pythonpath", default=None, metavar="DIR",
                    help="also time the serial build with this PYTHONPATH (another checkout)")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
@@ -69,7 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--proj-fs-write-gbs", type=float, default=10.0,
                    help="shared filesystem aggregate write bandwidth, GB/s")
     p.add_argument("--proj-net-gbs", type=float, default=12.5, help="per-node link, GB/s")
-    p.add_argument("--proj-disk-gbs", type=float, default=2.0, help="node-local disk write, GB/s")
+    p.add_argument("--proj-disk-gbs", type=float, default=3.0, help="node-local disk write, GB/s")
     p.add_argument("--proj-latency-us", type=float, default=50.0, help="collective hop latency")
     # the worker (one build; under deepspeed on every rank)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -97,6 +102,14 @@ def _vm_mb(key: str) -> float:
         return next(int(x.split()[1]) for x in f if x.startswith(key + ":")) / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (all its threads), user + system."""
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def worker(args) -> int:
     """One build of ``--data`` into ``--cache`` on every rank; rank 0 writes every rank's record
     (or the error each rank raised) to ``--out``. Also the tests' two-rank build."""
@@ -121,7 +134,7 @@ def worker(args) -> int:
     if args.on_invalid != "error":
         kw["on_invalid"] = args.on_invalid
     distributed.barrier()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     rec = {"rank": distributed.rank(), "world": distributed.world_size(), "mode": args.mode}
     try:
         c = load_corpus(args.data, args.molecule, args.cache, **kw)
@@ -130,7 +143,8 @@ def worker(args) -> int:
     except CorpusError as e:
         rec["error"] = str(e)
     distributed.barrier()
-    rec.update(wall_s=time.perf_counter() - t0, peak_rss_mb=_vm_mb("VmHWM"), start_rss_mb=start_mb)
+    rec.update(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - cpu0, peak_rss_mb=_vm_mb("VmHWM"),
+               start_rss_mb=start_mb)
     from bioprune.engine.runtime.collectives import Comm
 
     recs = Comm().allgather_object(rec)
@@ -239,22 +253,28 @@ def main(argv=None) -> int:
     if args.baseline_pythonpath:
         runs.insert(1, ("serial (baseline checkout)", 1, "serial",
                         {"PYTHONPATH": args.baseline_pythonpath}))
-    results = []
-    for fmt, files in inputs.items():
-        ref = None
-        for label, world, mode, env in runs:
-            cache = work / f"cache_{fmt}_{mode}_{world}"
-            shutil.rmtree(cache, ignore_errors=True)
-            print(f"{fmt}: {label}, {world} rank(s) ...", flush=True)
-            recs = _launch(args, world, files, cache, mode, env)
-            if any("error" in r for r in recs):
-                raise SystemExit(f"build failed: {recs}")
-            digest = _digest(cache)
-            ref = ref or digest
-            results.append({"input": fmt, "label": label, "world": world, "mode": mode,
-                            "sha256": digest, "identical": digest == ref, "ranks": recs,
-                            "out_bytes": sum((cache / fn).stat().st_size for fn in ARRAYS)})
-            shutil.rmtree(cache, ignore_errors=True)
+    best: dict = {}
+    for rep in range(args.repeats):
+        for fmt, files in inputs.items():
+            for label, world, mode, env in runs:
+                cache = work / f"cache_{fmt}_{mode}_{world}"
+                shutil.rmtree(cache, ignore_errors=True)
+                print(f"[{rep + 1}/{args.repeats}] {fmt}: {label}, {world} rank(s) ...", flush=True)
+                load = os.getloadavg()[0]
+                recs = _launch(args, world, files, cache, mode, env)
+                if any("error" in r for r in recs):
+                    raise SystemExit(f"build failed: {recs}")
+                res = {"input": fmt, "label": label, "world": world, "mode": mode, "load": load,
+                       "sha256": _digest(cache), "ranks": recs,
+                       "out_bytes": sum((cache / fn).stat().st_size for fn in ARRAYS)}
+                shutil.rmtree(cache, ignore_errors=True)
+                key = (fmt, label, world)
+                if key not in best or recs[0]["wall_s"] < best[key]["ranks"][0]["wall_s"]:
+                    best[key] = res
+    results = list(best.values())
+    ref = {r["input"]: r["sha256"] for r in results if r["label"] == "serial"}
+    for r in results:
+        r["identical"] = r["sha256"] == ref[r["input"]]
     report(args, results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -266,20 +286,21 @@ def main(argv=None) -> int:
 def report(args, results) -> None:
     print(f"\n{args.records:,} synthetic RNA records (50-300 nt); this machine: {os.cpu_count()} "
           "CPU cores, inputs in the page cache\n")
-    print("| input | build | ranks | wall (s) | records/s | input MB/s | peak RSS / rank (MB) "
-          "| above start / rank (MB) | phases (s) | arrays |")
-    print("|---|---|---:|---:|---:|---:|---|---|---|---|")
+    print("| input | build | ranks | wall (s) | records/s | input MB/s | CPU s / rank "
+          "| peak RSS / rank (MB) | above start / rank (MB) | phases (s) | load | arrays |")
+    print("|---|---|---:|---:|---:|---:|---|---|---|---|---:|---|")
     for r in results:
         r0 = r["ranks"][0]
         wall = r0["wall_s"]
+        cpu = " / ".join(f"{x['cpu_s']:.1f}" for x in r["ranks"])
         peaks = " / ".join(f"{x['peak_rss_mb']:.0f}" for x in r["ranks"])
         above = " / ".join(f"{x['peak_rss_mb'] - x['start_rss_mb']:.0f}" for x in r["ranks"])
         ph = r0["build"].get("phases_s")
         phases = ", ".join(f"{k} {v:.2f}" for k, v in ph.items()) if ph else "-"
         print(f"| {r['input']} | {r['label']} | {r['world']} | {wall:.2f} | "
-              f"{r0['records'] / wall:,.0f} | {r0['input_bytes'] / 1e6 / wall:,.0f} | {peaks} | "
-              f"{above} | {phases} | {'identical' if r['identical'] else 'DIFFERENT'} "
-              f"{r['sha256']} |")
+              f"{r0['records'] / wall:,.0f} | {r0['input_bytes'] / 1e6 / wall:,.0f} | {cpu} | "
+              f"{peaks} | {above} | {phases} | {r['load']:.1f} | "
+              f"{'identical' if r['identical'] else 'DIFFERENT'} {r['sha256']} |")
     project(args, results)
 
 
@@ -295,33 +316,46 @@ def project(args, results) -> None:
     in_bytes = b["input_bytes"]
     # output bytes per record: residues + offsets + lengths + ids + id_offsets (from this build)
     out_per_rec = r["out_bytes"] / n
-    scan_rate = n / world / b["scan_s_per_rank"]["max"]         # records/s of the slowest rank
+    # the slowest rank's records per CPU second: its rate on a core of its own (on a shared
+    # machine the wall-clock rate also measures the other jobs)
+    scan_rate = b["scan_per_rank"]["records_per_cpu_s_min"]
+    wall_rate = b["scan_per_rank"]["records_per_s_min"]
     asm_bw = out_per_rec * n / world / max(b["phases_s"]["assemble"], 1e-9)  # bytes/s per rank
     N, P = args.proj_records, args.proj_ranks
+    R, W, net, disk = (args.proj_fs_read_gbs * 1e9, args.proj_fs_write_gbs * 1e9,
+                       args.proj_net_gbs * 1e9, args.proj_disk_gbs * 1e9)
     in_tot, out_tot = in_bytes / n * N, out_per_rec * N
-    scan = max(N / P / scan_rate, in_tot / (args.proj_fs_read_gbs * 1e9))
-    units = P * 1 + 16
-    exch = 6 * math.log2(P) * args.proj_latency_us * 1e-6 + P * units * 3e3 / (args.proj_net_gbs * 1e9)
-    asm = out_tot / min(P * asm_bw, args.proj_fs_write_gbs * 1e9)
+    cpu = N / P / scan_rate
+    # scan: the slowest of the cores, reading the inputs, writing the shards (shared filesystem)
+    scan = max(cpu, in_tot / R, out_tot / W)
+    units = P + 16
+    exch = (6 * math.log2(P) * args.proj_latency_us * 1e-6
+            + P * units * 3e3 / net)           # ~3 KB per unit summary, all-gathered
+    asm = out_tot / min(P * asm_bw, W)         # shards read back from the page cache
+    total = scan + exch + asm
     nodes = max(1, P // args.proj_ranks_per_node)
-    local_asm = out_tot / nodes / min(args.proj_ranks_per_node * asm_bw, args.proj_disk_gbs * 1e9)
-    copy = out_tot / (args.proj_net_gbs * 1e9) + out_tot / (args.proj_disk_gbs * 1e9)
+    scan_l = max(cpu, in_tot / R, out_tot / nodes / disk)
+    asm_l = out_tot / nodes / min(args.proj_ranks_per_node * asm_bw, disk)
+    copy = out_tot * (nodes - 1) / nodes / min(net, disk)   # pipelined: receive while writing
+    total_l = scan_l + exch + asm_l + copy
     print(f"\nprojection: {N:.0e} records on {P} ranks, from the {world}-rank FASTA run "
-          f"(per rank: scan {scan_rate:,.0f} records/s, assembly {asm_bw / 1e6:,.0f} MB/s; "
-          f"{in_bytes / n:.0f} input and {out_per_rec:.0f} output bytes per record)")
-    print(f"  scan      max({N / P:,.0f} records / {scan_rate:,.0f} records/s, "
-          f"{in_tot / 1e9:,.0f} GB / {args.proj_fs_read_gbs:g} GB/s) = {scan:6.1f} s")
-    print(f"  exchange  ~6 collectives x log2({P}) x {args.proj_latency_us:g} us + "
-          f"{P * units * 3e3 / 1e6:.1f} MB of summaries          = {exch:6.2f} s")
+          f"(per rank: scan {scan_rate:,.0f} records per CPU second ({wall_rate:,.0f} per wall "
+          f"second here), assembly {asm_bw / 1e6:,.0f} MB/s; {in_bytes / n:.0f} input and "
+          f"{out_per_rec:.0f} output bytes per record)")
+    print(f"  scan      max({N / P:,.0f} records / {scan_rate:,.0f} records/s = {cpu:.1f} s, "
+          f"{in_tot / 1e9:,.0f} GB read / {R / 1e9:g} GB/s, {out_tot / 1e9:,.0f} GB of shards "
+          f"/ {W / 1e9:g} GB/s) = {scan:6.1f} s")
+    print(f"  exchange  6 collectives x log2({P}) x {args.proj_latency_us:g} us + "
+          f"{P * units * 3e3 / 1e6:.1f} MB of unit summaries = {exch:6.2f} s")
     print(f"  assembly  {out_tot / 1e9:,.0f} GB / min({P} x {asm_bw / 1e6:,.0f} MB/s, "
-          f"{args.proj_fs_write_gbs:g} GB/s)                 = {asm:6.1f} s")
-    print(f"  shared filesystem: total {scan + exch + asm:6.1f} s "
-          f"({'meets' if scan + exch + asm <= 120 else 'misses'} the 2-minute target)")
-    print(f"  node-local cache ({nodes} nodes of {args.proj_ranks_per_node}): scan + exchange + "
-          f"local assembly {local_asm:.1f} s + broadcast to every node and write "
-          f"({out_tot / 1e9:,.0f} GB / {args.proj_net_gbs:g} GB/s + / {args.proj_disk_gbs:g} GB/s) "
-          f"{copy:.1f} s = {scan + exch + local_asm + copy:6.1f} s")
-
+          f"{W / 1e9:g} GB/s) = {asm:6.1f} s")
+    print(f"  shared filesystem: {total:.1f} s "
+          f"({'meets' if total <= 120 else 'misses'} the 2-minute target); with the wall-clock "
+          f"rate measured here instead: {total - scan + max(N / P / wall_rate, scan):.1f} s")
+    print(f"  node-local cache, {nodes} nodes of {args.proj_ranks_per_node} ranks: scan "
+          f"{scan_l:.1f} s + exchange + local assembly {asm_l:.1f} s + the other nodes' "
+          f"{out_tot * (nodes - 1) / nodes / 1e9:,.0f} GB received and written at "
+          f"min({net / 1e9:g} GB/s link, {disk / 1e9:g} GB/s disk) {copy:.1f} s = {total_l:.1f} s")
 
 if __name__ == "__main__":
     sys.exit(main())
