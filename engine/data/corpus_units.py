@@ -107,8 +107,9 @@ def plan_units(specs: list[InputSpec], sizes: list[int], world: int, *,
 
     g = 0
     for k, (spec, size) in enumerate(zip(specs, sizes)):
-        inner = [total * j / shares - g for j in range(1, shares)]
-        inner = [c for c in inner if 0 < c < size]
+        near = range(g * shares // total, (g + size) * shares // total + 2) if total else ()
+        inner = [c for c in (total * j / shares - g for j in near if 0 < j < shares)
+                 if 0 < c < size]      # share boundaries inside this input
         splittable = (spec.format == "fasta" and not spec.compressed) or spec.format == "parquet"
         groups = _parquet_groups(spec) if splittable and spec.format == "parquet" and inner \
             and size >= 2 * min_unit_bytes else None
@@ -134,8 +135,11 @@ def plan_units(specs: list[InputSpec], sizes: list[int], world: int, *,
             at = sorted({int(np.argmin(np.abs(edge - c))) for c in cuts[1:-1]} - {0, len(rows)})
             bounds = [0, *at, len(rows)]
             row_base = np.concatenate([[0], np.cumsum(rows)])
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                add(k, g, edge[a], edge[b], row_groups=(a, b), record_base=int(row_base[a]))
+            if len(bounds) == 2:        # every cut fell on the file's ends
+                add(k, g, 0, size)
+            else:
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    add(k, g, edge[a], edge[b], row_groups=(a, b), record_base=int(row_base[a]))
         g += size
     return units
 
