@@ -338,6 +338,16 @@ def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
     from test_corpus import spawn_ranks
 
     cases = _cases(inputs)
+    # the cases cut files across the ranks: the second half of bad.fasta (bad records 1210 and
+    # 1399), of big.fasta (ids generated from record numbers) and of prot.faa go to rank 1
+    for name, path in (("bad_error", inputs["bad"]), ("bad_skip", inputs["big"]),
+                       ("protein", inputs["prot"])):
+        paths = cases[name][0]
+        units = plan_units([resolve_input(x) for x in paths],
+                           [os.path.getsize(x) for x in paths], 2, **SPLIT)
+        k = paths.index(path)
+        assert [(u.owner, u.record_base is None) for u in units if u.file == k] == \
+            [(0, False), (1, True)], name
     outs = spawn_ranks(_rank_main, (cases, str(tmp_path / "work")), tmp_path, timeout=300)
     res = [json.loads(o.read_text()) for o in outs]
     for name in cases:

@@ -234,7 +234,7 @@ def _build(comm, lay: _Layout, plan: dict, tmp: Path, column, id_column, on_inva
     t = time.perf_counter()
     nz = np.flatnonzero(hist)
     gathered = comm.allgather_object((summaries, nz, hist[nz], scan_s))
-    scanned = [(sum(x.seen for x in g[0]), g[3]) for g in gathered]   # (records, s) per rank
+    scanned = [(sum(x.seen for x in g[0]), g[3]) for g in gathered]   # (records, times) a rank
     every: list = [None] * len(units)
     hists = [np.zeros(1, np.int64)]
     for sums, idx, cnt, _ in gathered:
@@ -409,13 +409,16 @@ def _assemble(tmp: Path, shard: Path, mine: list[Unit], units: list[Unit], merge
 
 
 def _shifted(src: Path, dst: int, n: int, base: int, at: int) -> None:
-    """offsets[1:n+1] of a shard, plus ``base``, written at byte ``at`` of ``dst`` (in chunks)."""
-    if n == 0:
-        return
-    off = np.memmap(src, dtype="<i8", mode="r", shape=(n + 1,))
-    for c in range(0, n, CHUNK_RECORDS):
-        e = min(n, c + CHUNK_RECORDS)
-        os.pwrite(dst, (off[c + 1:e + 1] + base).astype("<i8").tobytes(), at + 8 * c)
+    """offsets[1:n+1] of a shard, plus ``base``, written at byte ``at`` of ``dst``, a chunk at a
+    time (read, not memory-mapped: mapped pages would count in the rank's RSS)."""
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for c in range(0, n, CHUNK_RECORDS):
+            e = min(n, c + CHUNK_RECORDS)
+            off = np.frombuffer(os.pread(fd, 8 * (e - c), 8 * (c + 1)), dtype="<i8")
+            os.pwrite(dst, (off + base).astype("<i8").tobytes(), at + 8 * c)
+    finally:
+        os.close(fd)
 
 
 def _ids_deferred(shard, dst, n, d, seg, units, merged, specs) -> None:
