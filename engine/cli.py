@@ -34,6 +34,12 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus-cache", default=None, metavar="DIR",
                    help="where the memory-mapped corpus is built (default: OUT/corpus); reused "
                         "when the inputs are unchanged")
+    g.add_argument("--corpus-cache-local", default=None, metavar="DIR",
+                   help="instead of --corpus-cache, for clusters without a fast shared "
+                        "filesystem: a directory on each node's own disk (the same path on every "
+                        "node); all ranks build the corpus together and every node gets a "
+                        "complete copy there (the nodes exchange their shares over the process "
+                        "group). The inputs must be readable at their paths from every node")
     g.add_argument("--max-length", type=int, default=None,
                    help="longest sequence in residues (default: the model's, 1022 for rnafm, "
                         "2046 for esmc); longer ones are cropped to a window fixed by "

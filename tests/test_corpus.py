@@ -486,27 +486,35 @@ def _rank_main(rank, world, init_file, paths, cache, out):
     Path(out).write_text("\n".join(res))
 
 
-def test_load_corpus_two_ranks(tmp_path):
-    """Rank 0 builds while rank 1 waits; both open the same corpus; a stale cache errors on
-    every rank (no rank hangs at the barrier)."""
+def spawn_ranks(target, args, tmp_path, world: int = 2, timeout: int = 120) -> list[Path]:
+    """Run ``target(rank, world, init_file, *args, out)`` in ``world`` spawned processes that
+    join one gloo group through a file; returns each rank's ``out`` path. A rank that does not
+    finish in time fails the test (a deadlock), one that fails fails it too."""
     import multiprocessing as mp
 
-    p = tmp_path / "a.fasta"
-    p.write_text(fasta_text(IDS, SEQS))
     ctx = mp.get_context("spawn")
-    outs = [tmp_path / f"out-{r}" for r in range(2)]
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, str(tmp_path / "init"), [str(p)],
-                                                   str(tmp_path / "cache"), str(outs[r])))
-             for r in range(2)]
+    outs = [tmp_path / f"out-{r}" for r in range(world)]
+    procs = [ctx.Process(target=target, args=(r, world, str(tmp_path / "init"), *args,
+                                              str(outs[r])))
+             for r in range(world)]
     for q in procs:
         q.start()
     for q in procs:
-        q.join(timeout=120)
+        q.join(timeout=timeout)
     for q in procs:
         if q.is_alive():
             q.kill()
-            pytest.fail("load_corpus deadlocked across ranks")
+            pytest.fail(f"{target.__name__} deadlocked across ranks")
         assert q.exitcode == 0
+    return outs
+
+
+def test_load_corpus_two_ranks(tmp_path):
+    """Both ranks build (each its share); both open the same corpus; a stale cache errors on
+    every rank (no rank hangs at the barrier)."""
+    p = tmp_path / "a.fasta"
+    p.write_text(fasta_text(IDS, SEQS))
+    outs = spawn_ranks(_rank_main, ([str(p)], str(tmp_path / "cache")), tmp_path)
     for o in outs:
         built, stale = o.read_text().split("\n")
         assert built == f"ok 4 {SEQS[3]}"

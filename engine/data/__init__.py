@@ -1,4 +1,5 @@
 """Sequences in: residue alphabets, streaming readers of FASTA/CSV/TSV/Parquet/HF inputs, the
-corpus build and its memory-mapped store, FASTA output, deterministic crops and MLM masks
-(``batching``) and the hashed samples of corpus indices (D_sub, held-out). May import
-``runtime`` and ``io``; it talks to models only through the duck-typed ``ModelBundle`` fields."""
+corpus build (one process, or every rank its share) and its memory-mapped store, FASTA output,
+deterministic crops and MLM masks (``batching``) and the hashed samples of corpus indices
+(D_sub, held-out). May import ``runtime`` and ``io``; it talks to models only through the
+duck-typed ``ModelBundle`` fields."""

@@ -1,6 +1,7 @@
 """The corpus: every input record, validated, normalised and memory-mapped.
 
-A corpus is built once, in ONE streaming pass over its inputs (:mod:`.corpus_build`), into a cache
+A corpus is built once, in ONE streaming pass over its inputs (:mod:`.corpus_build`; under a
+distributed launch each rank streams its share, :mod:`.corpus_parallel`), into a cache
 directory; afterwards it is only ever opened read-only (``Corpus.open``), memory-mapped, so a
 corpus of 10^8 records costs no 10^8 Python objects.
 
@@ -35,7 +36,7 @@ import numpy as np
 
 from bioprune.engine.data.alphabets import Alphabet, get_alphabet
 from bioprune.engine.data.corpus_build import _FILES, FORMAT_VERSION, build_corpus
-from bioprune.engine.data.corpus_cache import META, check_matches
+from bioprune.engine.data.corpus_cache import META, cached, check_matches
 from bioprune.engine.data.readers import CorpusError
 from bioprune.engine.io.atomic import atomic_path
 
@@ -207,19 +208,47 @@ class Corpus:
 
 
 def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
-                id_column: str | None = None, on_invalid: str = "error") -> Corpus:
+                id_column: str | None = None, on_invalid: str = "error", *,
+                node_local: bool = False, build: dict | None = None) -> Corpus:
     """Open the corpus cached in ``cache_dir`` if it was built from the same inputs (paths,
-    sizes, mtimes, molecule, column, id column); otherwise build it. Under a distributed launch
-    rank 0 builds while the other ranks wait at a barrier; then every rank opens it.
+    sizes, mtimes, molecule, column, id column); otherwise build it, then every rank opens it.
+
+    Under a distributed launch every rank builds its share of the inputs
+    (:mod:`.corpus_parallel`): at 10^9 records one core would need half an hour while the
+    other ranks idle. ``cache_dir`` must then be one directory that every rank sees (a shared
+    filesystem) — unless ``node_local``: then ``cache_dir`` is a path on each node's own disk
+    and every node ends up with a complete copy there (the ranks still build in parallel;
+    the nodes exchange what they built over the process group). The inputs must be readable
+    at the same paths from every rank in both cases.
+
+    ``build`` tunes the build (tests, benchmarks): ``parallel`` (None: when there are several
+    ranks or ``node_local``; False: rank 0 builds alone while the others wait, the behaviour
+    before the parallel build; True: the parallel build even on one rank), ``min_unit_bytes``,
+    ``units_per_rank``, ``chunk_bytes``, ``batch_rows``.
 
     A cache built from different inputs is an error (never silently reused)."""
     from bioprune.engine.runtime import distributed
 
     cache_dir = Path(cache_dir).absolute()
+    opts = dict(build or {})
+    parallel = opts.pop("parallel", None)
+    if parallel is None:
+        parallel = node_local or distributed.world_size() > 1
+    if parallel:
+        from bioprune.engine.data.corpus_parallel import build_or_reuse
+
+        root = build_or_reuse(paths, molecule, cache_dir, column, id_column, on_invalid,
+                              node_local=node_local, **opts)
+        corpus = Corpus.open(root)
+        check_matches(corpus.stats, paths, molecule, root, column, id_column, on_invalid)
+        return corpus
+    if node_local:
+        raise CorpusError("a node-local corpus cache needs the parallel build (parallel=False "
+                          "was asked for)")
     err = None
     if distributed.is_main():
         try:
-            _check_or_build(paths, molecule, cache_dir, column, id_column, on_invalid)
+            _check_or_build(paths, molecule, cache_dir, column, id_column, on_invalid, **opts)
         except BaseException as e:  # every rank must reach the barrier
             err = e
     distributed.barrier()
@@ -234,18 +263,8 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
 
 
 def _check_or_build(paths, molecule, cache_dir: Path, column, id_column,
-                    on_invalid: str = "error") -> None:
-    meta_path = cache_dir / META
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as e:
-            raise CorpusError(f"unreadable corpus.json ({e})", path=cache_dir,
-                              hint="delete the cache dir and build again") from None
-        check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invalid)
-        return
-    if cache_dir.exists() and cache_dir.is_dir() and any(cache_dir.iterdir()):
-        raise CorpusError("cache dir is not empty and holds no corpus", path=cache_dir,
-                          hint="pick another cache dir or delete this one")
-    build_corpus(paths, molecule, cache_dir, column=column, id_column=id_column,
-                 on_invalid=on_invalid)
+                    on_invalid: str = "error", **opts) -> None:
+    if not cached(paths, molecule, cache_dir, column, id_column, on_invalid):
+        build_corpus(paths, molecule, cache_dir, column=column, id_column=id_column,
+                     on_invalid=on_invalid,
+                     **{k: v for k, v in opts.items() if k in ("chunk_bytes", "batch_rows")})

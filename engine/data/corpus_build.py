@@ -297,8 +297,131 @@ def _extra_counts(alpha: Alphabet, raw_counts: np.ndarray) -> dict:
     return {c: int(norm[ord(c)]) for c in alpha.extra if norm[ord(c)]}
 
 
+def _clean_batch(batch: RawBatch, alpha: Alphabet, ids: np.ndarray, id_offs: np.ndarray):
+    """Validate and normalise a batch, dropping its bad records. Returns (residues, offsets,
+    raw_counts, stops, ids, id_offsets, problems, keep): problems as (j, id, reason, hint) with j
+    0-based in the batch given, in record order; keep the indices of the kept records, or None
+    when all are kept; residues is None when none is."""
+    try:
+        return (*_normalise(batch, alpha), ids, id_offs, [], None)
+    except _RecordProblem as p:
+        problems = _all_problems(batch, alpha) or [p]
+    listed = [(q.j, batch.record_id(q.j) or "", q.problem, q.hint) for q in problems]
+    keep = np.setdiff1d(np.arange(len(batch)), [q.j for q in problems])
+    batch, ids, id_offs = _take(batch, keep, ids, id_offs)
+    if len(batch) == 0:
+        return None, None, None, 0, ids, id_offs, listed, keep
+    return (*_normalise(batch, alpha), ids, id_offs, listed, keep)
+
+
+def _add_hist(hist: np.ndarray, offs: np.ndarray) -> np.ndarray:
+    """``hist`` (counts of record lengths) plus the lengths of the records at ``offs``."""
+    bc = np.bincount(np.diff(offs))
+    if len(bc) > len(hist):
+        hist = np.concatenate([hist, np.zeros(len(bc) - len(hist), np.int64)])
+    hist[: len(bc)] += bc
+    return hist
+
+
+def _check_file(spec: InputSpec, seen: int, nrej: int, on_invalid: str, first_rejected) -> None:
+    """The errors of a whole input: no records at all, or (skip) no valid record."""
+    if seen == 0 and not nrej:
+        raise CorpusError("empty input file (no records)", path=spec.display,
+                          hint="remove it from the inputs")
+    if seen == nrej and on_invalid == "skip":
+        raise CorpusError(f"all {nrej} records are invalid (record {first_rejected['record']}: "
+                          f"{first_rejected['reason']})", path=spec.display,
+                          hint="check --molecule and the file")
+
+
+def _file_meta(ident: dict, spec: InputSpec, alpha: Alphabet, on_invalid: str, first_index: int,
+               records: int, residues: int, nrej: int, fcounts: np.ndarray, fstops: int) -> dict:
+    fmeta = {**ident, "spec": spec.spec, "first_index": first_index, "records": records,
+             "residues": residues, alpha.extra_class: _extra_counts(alpha, fcounts)}
+    if on_invalid == "skip":
+        fmeta["rejected"] = nrej
+    if alpha.stop is not None:
+        fmeta["stripped_stops"] = fstops
+    return fmeta
+
+
+def _raise_listed(rejected: list[dict], on_invalid: str) -> None:
+    """At the end of an error-mode build: the bad records found (all of them, fewer than
+    MAX_LISTED) as one error."""
+    if len(rejected) == 1 and on_invalid == "error":
+        b = rejected[0]
+        raise CorpusError(b["reason"], path=b["file"], record=b["record"],
+                          record_id=b["id"] or None,
+                          hint=(b["hint"] or "fix or remove it")
+                          + "; or pass --on-invalid skip to drop bad records")
+    if rejected and on_invalid == "error":
+        raise _too_many_invalid(rejected, len(rejected), complete=True)
+
+
+def _rejected_row(r: dict) -> str:
+    """One line of rejected.tsv (file, record, id, reason)."""
+    return "\t".join((_tsv_field(r["file"]), str(r["record"]), _tsv_field(r["id"]),
+                      _tsv_field(r["reason"])))
+
+
+REJECTED_HEADER = "file\trecord\tid\treason"
+
+
+def _corpus_meta(alpha: Alphabet, column: str, id_column, on_invalid: str, files_meta: list,
+                 n: int, nres: int, nid: int, hist: np.ndarray, counts: np.ndarray, stops: int,
+                 nrejected: int) -> dict:
+    """corpus.json without its "build" section (the same for any way of building)."""
+    if n == 0:
+        raise CorpusError("no valid records in the inputs", hint="check --molecule and the files")
+    if n >= 2**63 - 1 or (hist.size and len(hist) - 1 >= 2**31):
+        raise CorpusError("a record is longer than 2^31 - 1 residues")
+    lens_present = np.flatnonzero(hist)
+    # normalised letter counts from raw byte counts (lowercase and T fold in)
+    extra = _extra_counts(alpha, counts)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "molecule": alpha.name,
+        "column": column,
+        "id_column": id_column,
+        "inputs": files_meta,
+        "n_records": n,
+        "total_residues": nres,
+        "id_bytes": nid,
+        "length": {
+            "min": int(lens_present[0]),
+            "median": _median_from_hist(hist, n),
+            "max": int(lens_present[-1]),
+            "mean": nres / n,
+        },
+        alpha.extra_class: extra,
+        "noncanonical_total": int(sum(extra.values())),
+        "lowercase_residues": int(counts[ord("a"):ord("z") + 1].sum()),
+    }
+    if on_invalid == "skip":
+        # the corpus index runs over the kept records only; rejected.tsv names the others
+        meta["on_invalid"] = "skip"
+        meta["rejected"] = nrejected
+    if alpha.name == "rna":
+        meta["t_read_as_u"] = int(counts[ord("T")] + counts[ord("t")])
+    if alpha.stop is not None:
+        meta["stripped_stops"] = stops
+    return meta
+
+
+def _build_info(seconds: float, input_bytes: int, n: int, **extra) -> dict:
+    return {
+        "seconds": round(seconds, 4),
+        "input_bytes": input_bytes,
+        "records_per_s": round(n / seconds, 1) if seconds > 0 else None,
+        "input_mb_per_s": round(input_bytes / 1e6 / seconds, 2) if seconds > 0 else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+
+
 def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_column, identity,
            chunk_bytes: int, batch_rows: int, on_invalid: str = "error") -> dict:
+    """The single-process build: every input in order, straight into the final arrays."""
     t0 = time.perf_counter()
     w = _Writer(tmp)
     rejected: list[dict] = []       # every bad record (skip), or the first MAX_LISTED (error)
@@ -313,6 +436,7 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
             nrec = 0
             nres = 0
             nrej = 0
+            first_rej = len(rejected)
             fcounts = np.zeros(256, dtype=np.int64)
             fstops = 0
             for batch in iter_batches(spec, column, id_column, chunk_bytes=chunk_bytes,
@@ -320,111 +444,38 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
                 if len(batch) == 0:
                     continue
                 ids, id_offs = _fill_ids(batch, spec.name, nrec)
-                try:
-                    res, offs, raw_counts, st = _normalise(batch, alpha)
-                except _RecordProblem as p:
-                    problems = _all_problems(batch, alpha) or [p]
-                    for q in problems:
-                        rejected.append({"file": spec.display, "record": nrec + q.j + 1,
-                                         "id": batch.record_id(q.j) or "",
-                                         "reason": q.problem, "hint": q.hint})
+                res, offs, raw_counts, st, ids, id_offs, problems, _ = _clean_batch(
+                    batch, alpha, ids, id_offs)
+                nrec += len(batch)
+                if problems:
+                    rejected += [{"file": spec.display, "record": nrec - len(batch) + j + 1,
+                                  "id": rid, "reason": why, "hint": hint}
+                                 for j, rid, why, hint in problems]
                     nrej += len(problems)
                     if on_invalid == "error" and len(rejected) >= MAX_LISTED:
-                        raise _too_many_invalid(rejected, len(rejected), complete=False)
-                    keep = np.setdiff1d(np.arange(len(batch)), [q.j for q in problems])
-                    batch, ids, id_offs = _take(batch, keep, ids, id_offs)
-                    if len(batch) == 0:
-                        nrec += len(problems)
+                        raise _too_many_invalid(rejected[:MAX_LISTED], MAX_LISTED, complete=False)
+                    if res is None:
                         continue
-                    res, offs, raw_counts, st = _normalise(batch, alpha)
-                    nrec += len(problems)
                 w.add(res, offs, ids, id_offs)
                 fcounts += raw_counts
                 fstops += st
-                bc = np.bincount(np.diff(offs))
-                if len(bc) > len(hist):
-                    hist = np.concatenate([hist, np.zeros(len(bc) - len(hist), np.int64)])
-                hist[: len(bc)] += bc
-                nrec += len(batch)
+                hist = _add_hist(hist, offs)
                 nres += int(offs[-1])
-            if nrec == 0 and not nrej:
-                raise CorpusError("empty input file (no records)", path=spec.display,
-                                  hint="remove it from the inputs")
-            if nrec == nrej and on_invalid == "skip":
-                first = next(r for r in rejected if r["file"] == spec.display)
-                raise CorpusError(f"all {nrej} records are invalid (record {first['record']}: "
-                                  f"{first['reason']})", path=spec.display,
-                                  hint="check --molecule and the file")
+            _check_file(spec, nrec, nrej, on_invalid, rejected[first_rej] if nrej else None)
             counts += fcounts
             stops += fstops
-            fmeta = {**ident, "spec": spec.spec, "first_index": first_index, "records": nrec - nrej,
-                     "residues": nres, alpha.extra_class: _extra_counts(alpha, fcounts)}
-            if on_invalid == "skip":
-                fmeta["rejected"] = nrej
-            if alpha.stop is not None:
-                fmeta["stripped_stops"] = fstops
-            files_meta.append(fmeta)
-        if len(rejected) == 1 and on_invalid == "error":
-            b = rejected[0]
-            raise CorpusError(b["reason"], path=b["file"], record=b["record"],
-                              record_id=b["id"] or None,
-                              hint=(b["hint"] or "fix or remove it")
-                              + "; or pass --on-invalid skip to drop bad records")
-        if rejected and on_invalid == "error":
-            raise _too_many_invalid(rejected, len(rejected), complete=True)
+            files_meta.append(_file_meta(ident, spec, alpha, on_invalid, first_index,
+                                         nrec - nrej, nres, nrej, fcounts, fstops))
+        _raise_listed(rejected, on_invalid)
         ok = True
     finally:
         w.close(sync=ok)
     if on_invalid == "skip":
-        rows = ["file\trecord\tid\treason"] + [
-            "\t".join((_tsv_field(r["file"]), str(r["record"]), _tsv_field(r["id"]),
-                       _tsv_field(r["reason"])))
-            for r in rejected]
-        write_text(tmp / REJECTED, "\n".join(rows) + "\n")
-    n = w.n
-    if n == 0:
-        raise CorpusError("no valid records in the inputs", hint="check --molecule and the files")
-    if n >= 2**63 - 1 or (hist.size and len(hist) - 1 >= 2**31):
-        raise CorpusError("a record is longer than 2^31 - 1 residues")
-    lens_present = np.flatnonzero(hist)
-    seconds = time.perf_counter() - t0
-    input_bytes = sum(f["size"] for f in files_meta)
-    # normalised letter counts from raw byte counts (lowercase and T fold in)
-    extra = _extra_counts(alpha, counts)
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "molecule": alpha.name,
-        "column": column,
-        "id_column": id_column,
-        "inputs": files_meta,
-        "n_records": n,
-        "total_residues": w.nres,
-        "id_bytes": w.nid,
-        "length": {
-            "min": int(lens_present[0]),
-            "median": _median_from_hist(hist, n),
-            "max": int(lens_present[-1]),
-            "mean": w.nres / n,
-        },
-        alpha.extra_class: extra,
-        "noncanonical_total": int(sum(extra.values())),
-        "lowercase_residues": int(counts[ord("a"):ord("z") + 1].sum()),
-    }
-    if on_invalid == "skip":
-        # the corpus index runs over the kept records only; rejected.tsv names the others
-        meta["on_invalid"] = "skip"
-        meta["rejected"] = len(rejected)
-    if alpha.name == "rna":
-        meta["t_read_as_u"] = int(counts[ord("T")] + counts[ord("t")])
-    if alpha.stop is not None:
-        meta["stripped_stops"] = stops
-    meta["build"] = {
-        "seconds": round(seconds, 4),
-        "input_bytes": input_bytes,
-        "records_per_s": round(n / seconds, 1) if seconds > 0 else None,
-        "input_mb_per_s": round(input_bytes / 1e6 / seconds, 2) if seconds > 0 else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+        write_text(tmp / REJECTED, "\n".join([REJECTED_HEADER] + [_rejected_row(r) for r in rejected])
+                   + "\n")
+    meta = _corpus_meta(alpha, column, id_column, on_invalid, files_meta, w.n, w.nres, w.nid, hist,
+                        counts, stops, len(rejected))
+    meta["build"] = _build_info(time.perf_counter() - t0, sum(f["size"] for f in files_meta), w.n)
     write_json(tmp / META, meta)
     return meta
 
@@ -460,23 +511,29 @@ def build_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
         if after != identity:
             raise CorpusError("an input changed while the corpus was being built: "
                               + describe_mismatch(identity, after), hint="build again")
-        if overwrite and cache_dir.exists():
-            trash = cache_dir.parent / f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(cache_dir, trash)
-            os.rename(tmp, cache_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, cache_dir)  # atomic; fails if a non-empty cache_dir appeared
-            except OSError:
-                # another process built the same corpus meanwhile: keep theirs if it matches
-                meta = read_meta(cache_dir)
-                if meta is None or identity_of_meta(meta) != identity:
-                    raise CorpusError("corpus cache dir was filled by another process while "
-                                      "building", path=cache_dir,
-                                      hint="pick another cache dir or delete it") from None
-                shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, cache_dir, identity, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return cache_dir
+
+
+def _publish(tmp: Path, cache_dir: Path, identity: dict, overwrite: bool = False) -> None:
+    """Rename the finished build ``tmp`` onto ``cache_dir`` (atomic). A cache that appeared
+    meanwhile is kept when it was built from the same inputs (another process, or another node
+    sharing the directory, was faster), else it is an error."""
+    if overwrite and cache_dir.exists():
+        trash = cache_dir.parent / f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(cache_dir, trash)
+        os.rename(tmp, cache_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, cache_dir)  # atomic; fails if a non-empty cache_dir appeared
+    except OSError:
+        meta = read_meta(cache_dir)
+        if meta is None or identity_of_meta(meta) != identity:
+            raise CorpusError("corpus cache dir was filled by another process while "
+                              "building", path=cache_dir,
+                              hint="pick another cache dir or delete it") from None
+        shutil.rmtree(tmp, ignore_errors=True)

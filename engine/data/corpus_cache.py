@@ -85,3 +85,22 @@ def check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invali
             path=cache_dir,
             hint="pick another cache dir or delete this one (a stale corpus is never reused)",
         )
+
+
+def cached(paths, molecule, cache_dir: Path, column, id_column, on_invalid="error") -> bool:
+    """True when ``cache_dir`` holds a corpus of these inputs; False when there is none yet (no
+    directory, or an empty one); a CorpusError when it holds another corpus, an unreadable one,
+    or something else."""
+    meta_path = Path(cache_dir) / META
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise CorpusError(f"unreadable corpus.json ({e})", path=cache_dir,
+                              hint="delete the cache dir and build again") from None
+        check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invalid)
+        return True
+    if cache_dir.exists() and cache_dir.is_dir() and any(cache_dir.iterdir()):
+        raise CorpusError("cache dir is not empty and holds no corpus", path=cache_dir,
+                          hint="pick another cache dir or delete this one")
+    return False

@@ -59,15 +59,25 @@ class _ReadAhead:
         return False
 
 
-def _fasta_batches(spec: InputSpec, chunk_bytes: int) -> Iterator[RawBatch]:
+def _fasta_batches(spec: InputSpec, chunk_bytes: int, start: int = 0,
+                   end: int | None = None) -> Iterator[RawBatch]:
+    """The records of a FASTA file, or of its byte range [start, end): the records whose header
+    '>' stands at a line start at a file offset in [start, end). Ranges cut anywhere (mid-record,
+    mid-line) thus partition the records of a file, which lets ranks read one file in parallel;
+    only the range at 0 sees a byte-order mark or junk before the first header (and reports it).
+    ``records_read`` of a read error counts from the range's first record."""
     if not spec.compressed:
         _check_not_gzip(spec)
     try:
         f = gzip.open(spec.path, "rb") if spec.compressed else open(spec.path, "rb")
+        if start:
+            f.seek(start - 1)   # the '\n' before a header at `start` makes it one
     except OSError as e:
         raise _unreadable(spec, e) from e
     nrec = 0  # records yielded so far (for error messages)
-    first = True
+    first = not start
+    synced = not start      # buf starts at the file start or at one of the range's headers
+    base = max(start - 1, 0)   # file offset of buf[0]
     buf = b""
     with f, _ReadAhead(f, chunk_bytes) as chunks:
         while True:
@@ -75,23 +85,39 @@ def _fasta_batches(spec: InputSpec, chunk_bytes: int) -> Iterator[RawBatch]:
                 chunk = chunks.next()
             except (OSError, EOFError, zlib.error) as e:
                 raise _unreadable(spec, e, records_read=nrec) from e
+            eof = not chunk
             if first and not buf and chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM):]     # a UTF-8 byte-order mark (Windows editors)
-            if chunk:
-                buf += chunk
+                base += len(_BOM)
+            buf += chunk
+            if not synced:      # skip to the first header at or after `start`
+                k = buf.find(b"\n>")
+                if k < 0 or (end is not None and base + k + 1 >= end):
+                    if k >= 0 or eof or (end is not None and base + len(buf) >= end):
+                        return  # no header starts in the range
+                    base, buf = base + len(buf) - 1, buf[-1:]
+                    continue
+                base, buf, synced = base + k + 1, buf[k + 1:], True
+            stop = eof
+            if end is not None:     # the first header at or after `end` closes the range
+                k = buf.find(b"\n>", max(0, end - 1 - base))
+                if k >= 0:
+                    buf, stop = buf[:k + 1], True
+            if stop:
+                block, buf = buf, b""
+            else:
                 cut = buf.rfind(b"\n>")
                 if cut < 0:
                     continue  # one record longer than the chunk: read on
                 block, buf = buf[:cut + 1], buf[cut + 1:]
-            else:
-                block, buf = buf, b""
+                base += cut + 1
             if block:
                 batch = _parse_fasta_block(spec, block, first)
                 first = False
                 if batch is not None:
                     nrec += len(batch)
                     yield batch
-            if not chunk:
+            if stop:
                 return
 
 

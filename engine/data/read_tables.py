@@ -127,7 +127,8 @@ def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size
         yield _table_batch(spec, rb, column, idc)
 
 
-def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int):
+def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int,
+                     row_groups: tuple[int, int] | None = None):
     import pyarrow.parquet as pq
 
     try:
@@ -142,7 +143,8 @@ def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_
                           hint="pass --column NAME of the sequence column")
     cols = [column] + ([idc] if idc else [])
     nrec = 0
-    it = pf.iter_batches(batch_size=batch_rows, columns=cols)
+    groups = None if row_groups is None else list(range(*row_groups))
+    it = pf.iter_batches(batch_size=batch_rows, columns=cols, row_groups=groups)
     while True:
         try:
             rb = next(it)

@@ -204,9 +204,11 @@ def _unreadable(spec: InputSpec, exc: BaseException, records_read: int = 0) -> C
     else:
         problem = f"unreadable file ({type(exc).__name__}: {exc})"
         hint = "check that the file is complete and in the format its extension says"
-    if records_read:
-        problem += f" after record {records_read}"
-    return CorpusError(problem, path=spec.display, hint=hint)
+    err = CorpusError(problem + (f" after record {records_read}" if records_read else ""),
+                      path=spec.display, hint=hint)
+    # a rank that read part of a file counts from its part: the parallel build renumbers
+    err.unnumbered, err.records_read = problem, records_read
+    return err
 
 
 def _check_not_gzip(spec: InputSpec) -> None:
@@ -222,17 +224,21 @@ def _check_not_gzip(spec: InputSpec) -> None:
 
 
 def iter_batches(spec: InputSpec, column: str = "sequence", id_column: str | None = None, *,
-                 chunk_bytes: int = 8 << 20, batch_rows: int = 65536) -> Iterator[RawBatch]:
-    """Yield the records of one input, in file order, as RawBatch objects."""
+                 chunk_bytes: int = 8 << 20, batch_rows: int = 65536,
+                 byte_range: tuple[int, int | None] | None = None,
+                 row_groups: tuple[int, int] | None = None) -> Iterator[RawBatch]:
+    """Yield the records of one input, in file order, as RawBatch objects; of a plain FASTA
+    file only those of ``byte_range`` [start, end) (see ``_fasta_batches``), of a Parquet file
+    only the row groups [first, stop) of ``row_groups`` (the parallel build's units)."""
     from bioprune.engine.data.read_fasta import _fasta_batches
     from bioprune.engine.data.read_tables import _csv_batches, _hf_batches, _parquet_batches
 
     if spec.format == "fasta":
-        yield from _fasta_batches(spec, chunk_bytes)
+        yield from _fasta_batches(spec, chunk_bytes, *(byte_range or (0, None)))
     elif spec.format in ("csv", "tsv"):
         yield from _csv_batches(spec, column, id_column, chunk_bytes)
     elif spec.format == "parquet":
-        yield from _parquet_batches(spec, column, id_column, batch_rows)
+        yield from _parquet_batches(spec, column, id_column, batch_rows, row_groups)
     elif spec.format == "hf":
         yield from _hf_batches(spec, column, id_column, batch_rows)
     else:  # pragma: no cover

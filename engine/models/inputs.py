@@ -18,6 +18,7 @@ class ModelInputs:
     column: str = "sequence"
     id_column: str | None = None
     corpus_cache: str | None = None
+    corpus_cache_local: str | None = None   # node-local cache dir (every node builds a copy)
     max_length: int | None = None
     molecule: str | None = None      # what the input holds; None = guess from the first records
     on_invalid: str = "error"        # bad records: "error" lists them, "skip" drops + counts them
@@ -40,10 +41,11 @@ def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path, zero_config
     except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
         fail(f"--checkpoint {inputs.checkpoint}: cannot load it into --model {inputs.model} "
              f"--model-size {inputs.model_size} ({e})" if inputs.checkpoint else str(e))
-    cache = Path(inputs.corpus_cache).expanduser().absolute() if inputs.corpus_cache else out / "corpus"
+    cache = Path(inputs.corpus_cache_local or inputs.corpus_cache or out / "corpus").expanduser().absolute()
     try:
         corpus = load_corpus(inputs.data, bundle.molecule, cache, column=inputs.column,
-                             id_column=inputs.id_column, on_invalid=inputs.on_invalid)
+                             id_column=inputs.id_column, on_invalid=inputs.on_invalid,
+                             node_local=inputs.corpus_cache_local is not None)
     except CorpusError as e:
         fail(str(e))
     _copy_rejected(cache, out)
