@@ -365,8 +365,8 @@ def _run(s: EvalSettings, t_start: float, started: str) -> dict:
 
     names = expand_tasks(s.tasks)
     bundle, enc = load_encoder(s)
-    # before the tasks: under `accelerate launch` this joins the process group, so the mlm
-    # corpus is built by rank 0 while the others wait (data.corpus.load_corpus)
+    # before the tasks: under `accelerate launch` this joins the process group, so the ranks
+    # build the mlm corpus together (data.corpus.load_corpus)
     acc = Accelerator()
     tasks, load_sec = {}, {}
     for name in names:

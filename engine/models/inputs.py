@@ -41,7 +41,8 @@ def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path, zero_config
     except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as e:
         fail(f"--checkpoint {inputs.checkpoint}: cannot load it into --model {inputs.model} "
              f"--model-size {inputs.model_size} ({e})" if inputs.checkpoint else str(e))
-    cache = Path(inputs.corpus_cache_local or inputs.corpus_cache or out / "corpus").expanduser().absolute()
+    cache = Path(inputs.corpus_cache_local or inputs.corpus_cache or out / "corpus")
+    cache = cache.expanduser().absolute()
     try:
         corpus = load_corpus(inputs.data, bundle.molecule, cache, column=inputs.column,
                              id_column=inputs.id_column, on_invalid=inputs.on_invalid,
