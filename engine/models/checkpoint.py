@@ -126,8 +126,16 @@ def save_state(state: dict, config: dict, directory: str | Path, bundle=None) ->
 
         save_hf(bundle, state, directory)
         return directory
-    # tied tensors (RNA-FM's embedding and LM projection) are stored under both names
-    state = {k: v.clone().contiguous() for k, v in state.items()}
+    # tied tensors (RNA-FM's embedding and LM projection) are stored under both names, and
+    # safetensors refuses names that share memory: copy those, and only those (a second copy of
+    # every tensor would double rank 0's memory while it writes a 600M-parameter model)
+    seen: set = set()
+    copied = {}
+    for k, v in state.items():
+        ptr = v.untyped_storage().data_ptr()
+        copied[k] = v.clone() if ptr in seen or not v.is_contiguous() else v
+        seen.add(ptr)
+    state = copied
     with atomic_path(directory / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(directory / "config.json", config)
