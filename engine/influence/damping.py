@@ -51,13 +51,14 @@ class Damping:
 
 
 def _summed(values: list[float], allreduce) -> list[float]:
-    """``values`` summed over the ranks that hold parts of the Fisher (``allreduce``: sums a
-    float64 tensor in place across them; None: this process holds all of it)."""
+    """``values`` summed over the ranks that hold parts of the Fisher (``allreduce``: a float64
+    array -> its sum over them, e.g. ``runtime.collectives.Comm().allreduce``; None: this
+    process holds all of it)."""
     if allreduce is None:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
-    allreduce(t)
-    return t.tolist()
+    import numpy as np
+
+    return allreduce(np.asarray(values, dtype=np.float64)).tolist()
 
 
 def fisher_mean(fisher: dict[str, torch.Tensor], allreduce=None) -> float:

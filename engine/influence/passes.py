@@ -148,7 +148,7 @@ class Scorer:
             yield key, _columns([]), {}
         for item in in_lockstep(work, self.device, lockstep):
             if item is None:
-                self.score_indices(corpus, _filler(np.arange(1)))
+                self.score_indices(corpus, _filler([]))
                 self.take_group_mass()
                 continue
             key, b = item

@@ -149,17 +149,12 @@ def _start(s: ScoreSettings) -> _Run:
 def _peak(run: _Run, phase: str) -> None:
     """Every rank's peak memory during ``phase`` (since the previous call), recorded after it;
     the next phase's peak starts here (collective)."""
+    from bioprune.engine.runtime.collectives import Comm
     from bioprune.engine.runtime.zero3 import peak_memory_mb, reset_peak_memory
 
     mine = peak_memory_mb()
     reset_peak_memory()
-    if run.world > 1:
-        import torch.distributed as dist
-
-        every = [None] * run.world
-        dist.all_gather_object(every, mine)
-    else:
-        every = [mine]
+    every = Comm().allgather_object(mine)
     run.peaks[phase] = {k: [round(m[k], 1) for m in every] for k in mine}
 
 
@@ -292,13 +287,13 @@ def _fisher(run: _Run, params) -> dict:
 
     from bioprune.engine.influence.grad_sample.storage import DenseFisher, PartitionedFisher
     from bioprune.engine.influence.passes import fisher_pass
-    from bioprune.engine.runtime.zero3 import full_shape, read_partition
+    from bioprune.engine.runtime.zero3 import full_numel, full_shape, partition_of, read_partition
 
     s, path, device = run.settings, run.out / "fisher.safetensors", distributed.device()
     shapes = {nm: tuple(full_shape(p)) for nm, p in params}
-    store = PartitionedFisher(params, device) if run.partitioned else DenseFisher(params, device)
     if not path.exists():
         t = time.time()
+        store = (PartitionedFisher if run.partitioned else DenseFisher)(params, device)
         mine = run.subset[run.rank::run.world]
         bar = tqdm(total=len(mine), desc="fisher", unit="seq", disable=run.rank != 0,
                    dynamic_ncols=True)
@@ -307,7 +302,7 @@ def _fisher(run: _Run, params) -> dict:
                              device=device, progress=bar, masks=mask_plan(s), store=store,
                              **_kernel_options(s))
         bar.close()
-        _save_fisher(run, path, fisher, shapes, store)
+        _save_fisher(run, path, shapes, store)
         if run.manifest:
             run.manifest.timing("fisher", time.time() - t, len(run.subset))
             run.manifest.save()
@@ -322,12 +317,14 @@ def _fisher(run: _Run, params) -> dict:
         fail(f"{path} lacks {missing[:3]}: it was made with other --params; delete it")
     _peak(run, "fisher")
     if run.partitioned:   # each rank reads only its partitions
-        return {nm: read_partition(path, nm, shapes[nm], store.partition[nm]) for nm in shapes}
+        return {nm: read_partition(path, nm, shapes[nm], partition_of(full_numel(p), run.rank,
+                                                                      run.world))
+                for nm, p in params}
     fisher = load_file(str(path))
     return {nm: fisher[nm] for nm in shapes}
 
 
-def _save_fisher(run: _Run, path: Path, fisher: dict, shapes: dict, store) -> None:
+def _save_fisher(run: _Run, path: Path, shapes: dict, store) -> None:
     """RUN/fisher.safetensors, by rank 0. Under ZeRO-3 each tensor is gathered to rank 0 and
     written before the next is gathered, so no rank holds the whole Fisher."""
     from safetensors.torch import save_file
@@ -352,6 +349,7 @@ def _save_fisher(run: _Run, path: Path, fisher: dict, shapes: dict, store) -> No
             for _ in whole():
                 pass
     elif run.rank == 0:
+        fisher = store.tensors
         with atomic_path(path) as tmp:
             save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp), metadata=meta)
         nonzero = int(sum((f != 0).sum().item() for f in fisher.values()))
@@ -365,10 +363,10 @@ def _weights(run: _Run, fisher: dict):
     partitions (λ from statistics summed over the ranks) held as partitioned parameters."""
     from bioprune.engine.influence import damping as dmp
     from bioprune.engine.influence.grad_sample.storage import PartitionedWeights
-    from bioprune.engine.runtime.zero3 import allreduce_fn
+    from bioprune.engine.runtime.collectives import Comm
 
     damping, device = damping_of(run.settings), distributed.device()
-    allreduce = allreduce_fn(device) if run.partitioned else None
+    allreduce = Comm().allreduce if run.partitioned else None
     record = dmp.resolve(fisher, damping, allreduce)
     if run.manifest:
         run.manifest.set("damping", {k: record[k] for k in ("mode", "alpha", "lambda",

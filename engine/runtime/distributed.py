@@ -131,7 +131,8 @@ def mmap_large_allocations(threshold: int = 1 << 20) -> None:
     temporaries on the heap, which it keeps: ESM-C 600M adaptation on 2 ranks grew past 10 GB
     per rank and was OOM-killed; with a fixed 1 MB threshold its first step peaks at 7.7 GB
     (2.3 GB is the Adam state). Same as MALLOC_MMAP_THRESHOLD_=1048576 in the environment, which
-    wins when set."""
+    wins when set. Selection's chunked NumPy passes want the opposite (a 64 MB threshold, see
+    ``collectives.tune_malloc``) and set it themselves when they start."""
     import ctypes
 
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:

@@ -330,19 +330,3 @@ def read_partition(path, name: str, shape, part: Partition) -> torch.Tensor:
         block = f.get_slice(name)[first:last].reshape(-1)
     begin = part.start - first * row
     return block[begin:begin + part.valid].float().clone()
-
-
-def allreduce_fn(device):
-    """``allreduce(t)``: sum a CPU tensor in place over the ranks, through ``device`` (NCCL
-    reduces CUDA tensors only); None in one process."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return None
-
-    def allreduce(t: torch.Tensor) -> None:
-        on = t.to(device)
-        dist.all_reduce(on)
-        t.copy_(on.cpu())
-
-    return allreduce
