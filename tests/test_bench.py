@@ -1,4 +1,4 @@
-"""The throughput benchmarks (launch/bench/scoring.py, kernels.py, gpu.py) on the CPU with the
+"""The throughput benchmarks (launch/bench/scoring.py, kernel_ops.py, gpu.py) on the CPU with the
 tiniest settings: they run, time the engine's own code, count FLOPs and tokens right, and produce
 the table, the JSON keys and the target verdicts that the GPU report (`make bench-gpu`) prints.
 No GPU number is checked here: none exists without a GPU."""
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bioprune.kernels import fisher_accumulate, weighted_sq_norm
-from bioprune.launch.bench import gpu, kernels, scoring, targets
+from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm
+from bioprune.launch.bench import gpu, kernel_ops, scoring, targets
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 
@@ -25,8 +25,8 @@ def test_gemm_flops_equal_a_direct_count_of_every_anchor_and_the_reference_kerne
     """2·B·T·O·I against PyTorch's own FLOP counter: the two GEMM anchors and the PyTorch path
     of both kernels (whatever its blocking) do exactly that many matmul FLOPs."""
     x, d = torch.randn(B, T, I), torch.randn(B, T, O)
-    want = kernels.gemm_flops(B, T, O, I)
-    calls = dict(kernels.gemm_anchors(x, d))
+    want = kernel_ops.gemm_flops(B, T, O, I)
+    calls = dict(kernel_ops.gemm_anchors(x, d))
     calls["fisher"] = lambda: fisher_accumulate(x, d, torch.zeros(O, I), backend="torch")
     calls["wsq"] = lambda: weighted_sq_norm(x, d, torch.ones(O, I), backend="torch")
     # a block bound of one row of G forces the path to split samples and rows
@@ -44,22 +44,22 @@ def test_gemm_flops_equal_a_direct_count_of_every_anchor_and_the_reference_kerne
 
 
 def test_pct_of_gemm():
-    assert kernels.pct_of_gemm(kernel_ms=2.0, gemm_ms=1.4) == pytest.approx(70.0)
-    assert kernels.pct_of_gemm(kernel_ms=1.0, gemm_ms=1.0) == pytest.approx(100.0)
+    assert kernel_ops.pct_of_gemm(kernel_ms=2.0, gemm_ms=1.4) == pytest.approx(70.0)
+    assert kernel_ops.pct_of_gemm(kernel_ms=1.0, gemm_ms=1.0) == pytest.approx(100.0)
 
 
 def test_linear_shapes_are_read_off_the_models():
     # ESM-C 600M: 36 blocks of 1152 wide; fused qkv 3·1152; SwiGLU up 2·3072, down 3072;
     # the output projections (36 blocks + the LM head's dense) and the 64-token decoder
-    assert sorted(kernels.linear_shapes("esmc:600m")) == sorted([
+    assert sorted(kernel_ops.linear_shapes("esmc:600m")) == sorted([
         (3456, 1152, 36), (1152, 1152, 37), (6144, 1152, 36), (1152, 3072, 36), (64, 1152, 1)])
-    assert sorted(kernels.linear_shapes("esmc:300m")) == sorted([
+    assert sorted(kernel_ops.linear_shapes("esmc:300m")) == sorted([
         (2880, 960, 30), (960, 960, 31), (5120, 960, 30), (960, 2560, 30), (64, 960, 1)])
     # RNA-FM: 12 layers of q, k, v, out (640) + the LM head's dense; FFN 5120; the contact head
     # is frozen, so not covered and not measured
-    assert sorted(kernels.linear_shapes("rnafm:base")) == sorted([
+    assert sorted(kernel_ops.linear_shapes("rnafm:base")) == sorted([
         (640, 640, 49), (5120, 640, 12), (640, 5120, 12)])
-    assert kernels.linear_shapes("esmc600m") == kernels.linear_shapes("esmc:600m")
+    assert kernel_ops.linear_shapes("esmc600m") == kernel_ops.linear_shapes("esmc:600m")
 
 
 # ------------------------------------------------------------------------------ targets
@@ -81,12 +81,12 @@ def test_per_model_weights_the_shapes_by_their_layer_counts():
                  pct_gemm=50.0),
             dict(model="m", dtype="bf16", op="wsq", O=4, I=4, layers=1, kernel_ms=1.0, gemm_ms=1.0,
                  pct_gemm=100.0)]
-    (m,) = kernels.per_model(rows)
+    (m,) = kernel_ops.per_model(rows)
     assert m["pct_gemm"] == pytest.approx(100 * (3 * 1 + 1) / (3 * 2 + 1))  # 57.1%, not the mean 75%
     assert m["layers"] == 4 and m["worst"] == "8x4 50%"
-    (t,) = kernels.kernel_targets([m], on_gpu=True)
+    (t,) = kernel_ops.kernel_targets([m], on_gpu=True)
     assert t["pass"] is False and t["bound"] == targets.KERNEL_PCT_OF_GEMM_MIN
-    assert kernels.kernel_targets([m], on_gpu=False)[0]["pass"] is None
+    assert kernel_ops.kernel_targets([m], on_gpu=False)[0]["pass"] is None
 
 
 def test_scoring_targets_ratio_everywhere_tokens_per_s_on_an_h100_only():
@@ -118,17 +118,17 @@ def test_scoring_targets_ratio_everywhere_tokens_per_s_on_an_h100_only():
 
 def test_kernels_bench_cpu_path_writes_the_table_and_json(tmp_path, capsys):
     out = tmp_path / "k.json"
-    rc = kernels.main(["--device", "cpu", "--models", "rnafm:tiny", "--batch", "2", "--seq", "8",
+    rc = kernel_ops.main(["--device", "cpu", "--models", "rnafm:tiny", "--batch", "2", "--seq", "8",
                        "--repeats", "1", "--dtype", "fp32", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "% GEMM" in printed and "targets (kernels)" in printed
     res = json.loads(out.read_text())
     assert set(res) == {"meta", "rows", "models", "targets"}
-    shapes = {(o, i): n for o, i, n in kernels.linear_shapes("rnafm:tiny")}
+    shapes = {(o, i): n for o, i, n in kernel_ops.linear_shapes("rnafm:tiny")}
     assert {(r["O"], r["I"]) for r in res["rows"]} == set(shapes)
     for r in res["rows"]:
-        assert r["flops"] == kernels.gemm_flops(2, 8, r["O"], r["I"])
+        assert r["flops"] == kernel_ops.gemm_flops(2, 8, r["O"], r["I"])
         assert r["layers"] == shapes[(r["O"], r["I"])]
         assert r["gemm_ms"] == min(r["matmul_ms"], r["bmm_ms"])
         assert r["pct_gemm"] == pytest.approx(100 * r["gemm_ms"] / r["torch_ms"])
@@ -139,13 +139,13 @@ def test_kernels_bench_cpu_path_writes_the_table_and_json(tmp_path, capsys):
 def test_kernels_bench_triton_path_runs_on_the_interpreter(capsys):
     """The CUDA code path (Triton kernels vs both GEMMs, checked against the reference) on the
     CPU under TRITON_INTERPRET=1, with a plain timer in place of triton's do_bench."""
-    args = kernels.parse_args(["--shapes", "40x24", "--batch", "2", "--seq", "12"])
+    args = kernel_ops.parse_args(["--shapes", "40x24", "--batch", "2", "--seq", "12"])
 
     def timer(fn):  # every call "takes" 1 ms: then the kernel is exactly at GEMM speed
         fn()
         return 1.0
 
-    rows, failed = kernels.bench_cuda(args, kernels.shapes_from(args), ["fp32", "bf16"],
+    rows, failed = kernel_ops.bench_cuda(args, kernel_ops.shapes_from(args), ["fp32", "bf16"],
                                       ["fisher", "wsq"], device="cpu", timeit=timer)
     assert not failed and len(rows) == 4
     for r in rows:
@@ -248,7 +248,7 @@ def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA" in err
     assert not (tmp_path / "g").exists()
-    assert kernels.main(["--device", "cuda"]) == 2
+    assert kernel_ops.main(["--device", "cuda"]) == 2
     with pytest.raises(SystemExit) as e:
         scoring.main(["--device", "cuda"])
     assert e.value.code == 2

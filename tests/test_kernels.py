@@ -15,8 +15,8 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import bioprune.kernels as K  # noqa: E402
-from bioprune.kernels import fisher_accumulate, weighted_sq_norm  # noqa: E402
+import bioprune.kernels.ops as K  # noqa: E402
+from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm  # noqa: E402
 from bioprune.kernels import reference as R  # noqa: E402
 
 
@@ -366,7 +366,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import torch\n"
-        "from bioprune.kernels import fisher_accumulate, weighted_sq_norm\n"
+        "from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm\n"
         "x, d = torch.randn(2, 3, 4), torch.randn(2, 3, 5)\n"
         "for call in (lambda: fisher_accumulate(x, d, torch.zeros(5, 4), backend='triton'),\n"
         "             lambda: weighted_sq_norm(x, d, torch.zeros(5, 4), backend='triton')):\n"

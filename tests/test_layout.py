@@ -1,7 +1,10 @@
-"""The architecture holds: stage subpackages import only earlier stages, no sys.path tricks, the
-standard library's ``select`` is never shadowed, and a plain (non-editable) install finds its
-DeepSpeed configs and installs the entry-point commands."""
+"""The architecture holds: stage subpackages import only earlier stages, no sys.path tricks, no
+folder or module of the checkout can shadow the standard library or an installed distribution
+(whichever of the repository root, ``launch/``, ``launch/bench/`` or ``tests/`` is first on
+``sys.path``), and a plain (non-editable) install finds its DeepSpeed configs and installs the
+entry-point commands."""
 import ast
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -71,6 +74,71 @@ def test_no_sys_path_manipulation():
     assert not offenders
 
 
+# Folders Python puts first on sys.path: the repository root (`python -m pytest`, `python -c`),
+# a launcher's or benchmark's own folder (`python launch/x.py`, `deepspeed launch/x.py`) and tests/
+# (pytest's rootdir-relative import of conftest.py and its helpers).
+FIRST_ON_PATH = [ROOT, ROOT / "launch", ROOT / "launch" / "bench", ROOT / "tests"]
+SOURCE_FOLDERS = ["engine", "kernels", "launch", "ds_configs"]
+
+
+def _shadowing_names(folder: Path) -> dict[str, str]:
+    """What ``import NAME`` finds in ``folder`` before any later sys.path entry: modules and
+    regular packages (a folder without ``__init__.py`` is a namespace portion, which an installed
+    package or module of the same name found later on sys.path beats)."""
+    found = {}
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix in (".py", ".so", ".pyc"):
+            found[p.name.split(".")[0]] = p.name
+        elif p.is_dir() and (p / "__init__.py").exists():
+            found[p.name] = f"{p.name}/__init__.py"
+    return found
+
+
+def _installed_import_names() -> set[str]:
+    return set(importlib.metadata.packages_distributions()) | set(sys.stdlib_module_names)
+
+
+def test_source_folders_are_namespace_portions():
+    """By construction: the folders that install as bioprune.* can never hide a distribution."""
+    regular = [f for f in SOURCE_FOLDERS if (ROOT / f / "__init__.py").exists()]
+    regular += [str(p.parent.relative_to(ROOT)) for f in SOURCE_FOLDERS
+                for p in (ROOT / f).glob("*/__init__.py") if f != "engine"]
+    assert not regular, f"these folders would be regular packages on sys.path: {regular}"
+
+
+@pytest.mark.parametrize("where", FIRST_ON_PATH, ids=lambda p: str(p.relative_to(ROOT)) or ".")
+def test_nothing_shadows_an_installed_distribution_or_the_standard_library(where):
+    installed = _installed_import_names()
+    clashes = {name: what for name, what in _shadowing_names(where).items() if name in installed}
+    assert not clashes, (f"{where.relative_to(ROOT)}/ holds {clashes}, named like an installed "
+                         "distribution or a standard-library module; rename it")
+
+
+def test_the_shadowing_check_sees_a_clash(tmp_path):
+    """The check above can fail: a module named like an installed distribution is caught."""
+    (tmp_path / "numpy.py").write_text("")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    (tmp_path / "tqdm").mkdir()   # a namespace folder does not shadow
+    names = _shadowing_names(tmp_path)
+    assert set(names) & _installed_import_names() >= {"numpy"}
+    assert "kernels" in names and "tqdm" not in names
+
+
+@pytest.mark.parametrize("where", FIRST_ON_PATH, ids=lambda p: str(p.relative_to(ROOT)) or ".")
+def test_installed_kernels_and_transformers_resolve_from_every_start_folder(where):
+    """Hugging Face's `kernels` (imported by transformers) resolves to the installed package."""
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.find_spec('kernels')\n"
+            "if spec is not None:\n"
+            "    import kernels; assert 'site-packages' in (kernels.__file__ or ''), kernels.__path__\n"
+            "from transformers import EsmForMaskedLM\n"
+            "import bioprune.kernels.ops, bioprune.launch.score\n"
+            "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=where, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
 @pytest.mark.parametrize("where", [ROOT, ROOT / "launch"])
 def test_standard_library_select_is_not_shadowed(where):
     p = subprocess.run([sys.executable, "-c", "import select; print(select.__file__)"],
@@ -95,3 +163,16 @@ def test_plain_install_finds_ds_configs_and_commands(tmp_path):
     p = subprocess.run([sys.executable, str(target / "bin" / "bioprune-select"), "--help"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert "--strategy" in p.stdout
+
+
+SCRIPTS = sorted(p for d in (ROOT / "launch", ROOT / "launch" / "bench") for p in d.glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_launcher_and_benchmark_answers_help(script):
+    """Run as a user runs it (its own folder first on sys.path), from the repository root."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "usage:" in p.stdout and "--help" in p.stdout, p.stdout[-500:]

@@ -30,9 +30,20 @@ class EsmcMLM(nn.Module):
         return self.net(sequence_tokens=tokens).embeddings
 
 
+ESM_MISSING = ("ESM-C needs the `esm` package, which is not installed. Its declared requirements "
+               "(torchvision, torchtext, transformers<4.48.2) conflict with current torch, so install "
+               "it without them and add what it really imports: pip install --no-deps esm && "
+               "pip install 'bioprune[esmc]'")
+
+
 def build_esmc(size: str, checkpoint: str | None = None) -> ModelBundle:
-    from esm.models.esmc import ESMC
-    from esm.tokenization import EsmSequenceTokenizer
+    try:
+        from esm.models.esmc import ESMC
+        from esm.tokenization import EsmSequenceTokenizer
+    except ModuleNotFoundError as e:
+        if e.name != "esm" and not (e.name or "").startswith("esm."):
+            raise
+        raise SystemExit(ESM_MISSING) from e
 
     tokenizer = EsmSequenceTokenizer()
     arch = ESMC_SIZES[size]

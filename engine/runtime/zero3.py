@@ -22,7 +22,7 @@ import contextlib
 import json
 import math
 from dataclasses import dataclass
-from importlib.resources import files
+import importlib
 from pathlib import Path
 
 import torch
@@ -68,10 +68,16 @@ def default_ds_config(stage: int) -> Path:
     """``ds_configs/<cpu|cuda>_zero<stage>_<fp32|bf16>.json`` of the installed package."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     kind = "bf16" if dev == "cuda" else "fp32"
-    path = Path(str(files("bioprune.ds_configs") / f"{dev}_zero{stage}_{kind}.json"))
-    if not path.exists():
-        raise FileNotFoundError(f"no DeepSpeed config {path}; ZeRO stages are 0-3")
-    return path
+    name = f"{dev}_zero{stage}_{kind}.json"
+    # bioprune.ds_configs is a namespace package (no __init__.py, so it can never shadow an
+    # installed distribution); importlib.resources cannot read an editable install's namespace
+    # path, so look in its folders directly
+    folders = [Path(p) for p in importlib.import_module("bioprune.ds_configs").__path__]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no DeepSpeed config {name} in {[str(f) for f in folders if f.is_dir()]}; "
+                            "ZeRO stages are 0-3")
 
 
 def ds_config(stage: int, path: str | None = None, offload: str = "none") -> dict:

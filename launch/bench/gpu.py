@@ -5,7 +5,7 @@
 
 runs, on CUDA,
 
-1. ``kernels.py --device cuda``: the fused Triton ``fisher_accumulate`` / ``weighted_sq_norm``
+1. ``kernel_ops.py --device cuda``: the fused Triton ``fisher_accumulate`` / ``weighted_sq_norm``
    against cuBLAS GEMMs of equal FLOPs on the linear-layer shapes of ESM-C 600M, ESM-C 300M and
    RNA-FM (bf16, B = 16, T = 512) → OUT/kernels.json;
 2. ``scoring.py --device cuda``: tokens/s per GPU of training forward+backward, the Fisher pass
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = (("kernels", "kernels.py"), ("scoring", "scoring.py"))
+BENCHES = (("kernels", "kernel_ops.py"), ("scoring", "scoring.py"))
 NO_CUDA = 2
 
 
@@ -43,7 +43,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench-gpu", help="where the JSON files go (%(default)s)")
     p.add_argument("--kernels", default="", metavar="ARGS",
-                   help="extra arguments for kernels.py, one quoted string")
+                   help="extra arguments for kernel_ops.py, one quoted string")
     p.add_argument("--scoring", default="", metavar="ARGS",
                    help="extra arguments for scoring.py, one quoted string")
     p.add_argument("--skip", nargs="*", default=[], choices=[b for b, _ in BENCHES],

@@ -1,6 +1,6 @@
 """The throughput targets of issue 11 and how the benchmarks mark them PASS / FAIL.
 
-Both benchmarks (``scoring.py``, ``kernels.py``) put a ``targets`` list in their JSON; each entry
+Both benchmarks (``scoring.py``, ``kernel_ops.py``) put a ``targets`` list in their JSON; each entry
 is one ``check``: the measured value, the bound, and ``pass`` = True / False, or None when the
 target does not apply where it was measured (e.g. the H100 tokens/s target on another device).
 ``gpu.py`` collects them into one table.
@@ -54,3 +54,17 @@ def print_targets(targets: list[dict], title: str = "targets") -> None:
         line = (f"  {t['name']:<{w}}  {_num(t['value'], unit):>12}  {t['op']} "
                 f"{_num(t['bound'], unit):<9} {verdict(t)}")
         print(line + (f"  ({t['note']})" if t["note"] else ""))
+
+
+def main(argv=None) -> int:
+    import argparse
+    argparse.ArgumentParser(
+        description="The GPU throughput targets the benchmarks check (a library for scoring.py and "
+                    "kernel_ops.py; run alone it lists the bounds).").parse_args(argv)
+    print(f"scoring time <= {SCORE_OVER_TRAIN_MAX} x training forward+backward on the same batch")
+    print(f"fused kernels >= {KERNEL_PCT_OF_GEMM_MIN:.0f}% of cuBLAS GEMM of equal FLOPs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

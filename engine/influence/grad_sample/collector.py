@@ -216,7 +216,7 @@ class SquaredGradCollector:
             self._add_sample(bias, d.float().sum(1))
         if not fused_w:
             return
-        from bioprune.kernels import fisher_accumulate, weighted_sq_norm
+        from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm
 
         bias_name = self.names[id(bias)] if fused_b else None
         if self.mode is Mode.FISHER:

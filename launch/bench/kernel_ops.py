@@ -17,7 +17,7 @@ and reduce), so 100% means the fusion is free. Target on CUDA: ≥ 70% (``target
 per shape and for each model as a whole (the shapes weighted by how many layers have them).
 Results are checked against the reference before timing.
 
-On a CUDA machine (``python launch/bench/kernels.py``; part of ``make bench-gpu``) it times the
+On a CUDA machine (``python launch/bench/kernel_ops.py``; part of ``make bench-gpu``) it times the
 Triton kernels, the two GEMMs and the PyTorch reference path with ``triton.testing.do_bench``
 (median, L2 flushed between runs) at B = 16, T = 512, bf16 (cuBLAS bf16 GEMMs accumulate in
 fp32, as the kernels do). The first call per shape autotunes (untimed; Triton caches the
@@ -44,7 +44,7 @@ import time
 
 import torch
 
-from bioprune.kernels import fisher_accumulate, weighted_sq_norm
+from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm
 from bioprune.launch.bench.targets import KERNEL_PCT_OF_GEMM_MIN, check, mark, print_targets
 
 #: the models whose layer shapes are measured by default (model:size of engine.models)

@@ -1,4 +1,4 @@
-"""bioprune.kernels: fused per-sample squared-gradient reductions for linear layers.
+"""bioprune.kernels.ops: fused per-sample squared-gradient reductions for linear layers.
 
 For a linear layer with per-sample inputs X ∈ R^{B×T×I} and output gradients D ∈ R^{B×T×O}
 (zero at padded positions) the per-sample weight gradient is G_b = D_bᵀ X_b ∈ R^{O×I} and
