@@ -68,9 +68,10 @@ bench: install
 bench-gpu: install
 	$(PY) launch/bench/gpu.py --out runs/bench-gpu
 
-# The pruning study (issue 9): RNA tiny, <= 90 min on a 2-core CPU; rerun to resume.
-EXPERIMENT_CONFIG ?= configs/experiments/rna-tiny.toml
-EXPERIMENT_OUT    ?= runs/experiment-rna-tiny
+# The pruning study: RNA, coresets of 0.5-2 %, calibrated (results/calibration/); about 100 min
+# on a 2-core CPU, two arms at a time; rerun to resume.
+EXPERIMENT_CONFIG ?= configs/experiments/rna-1pct.toml
+EXPERIMENT_OUT    ?= runs/experiment-rna-1pct
 experiment: install
 	$(PY) launch/experiment.py --config $(EXPERIMENT_CONFIG) --out $(EXPERIMENT_OUT)
 

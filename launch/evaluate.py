@@ -120,7 +120,16 @@ def parse_args(argv=None):
     m.add_argument("--mlm-indices", metavar="NPY", default=None,
                    help="held-out corpus indices (e.g. a pretraining run's heldout.npy); default: "
                         "--run's heldout.npy, else a hashed sample of --mlm-max sequences")
-    m.add_argument("--mlm-max", type=int, default=500, help="held-out sequences evaluated at most")
+    m.add_argument("--mlm-all", action="store_true",
+                   help="--mlm-data is a held-out set: evaluate every record of it (default: a "
+                        "hashed tenth of it, the pretraining held-out rule). With --mlm-mask-seed, "
+                        "what a study needs so every model sees the same sequences and masks")
+    m.add_argument("--mlm-mask-seed", type=int, default=None, metavar="N",
+                   help="masks (and crops) of mlm come from seeds N, N+1, ... (one per probe "
+                        "seed); default: --seed. Fix it to compare models trained with other seeds")
+    m.add_argument("--mlm-max", type=int, default=None,
+                   help="held-out sequences evaluated at most, a hashed sample beyond it "
+                        "(default 500; no cap with --mlm-all)")
     m.add_argument("--mlm-column", default="sequence", help="sequence column of table inputs")
     m.add_argument("--mlm-cache", metavar="DIR", default=None,
                    help="memory-mapped corpus cache (default OUT/mlm_corpus)")

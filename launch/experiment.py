@@ -3,8 +3,8 @@
 at 2× and 10× the base coreset; CCI w/o ft; MMseqs2 cluster representatives), each pretrained from
 scratch and evaluated with launch/evaluate.py → results.csv, results.md, plots/, manifest.json.
 
-    python launch/experiment.py --config configs/experiments/rna-tiny.toml --out runs/exp-rna-tiny
-    make experiment            # the same, RNA tiny (≤ 90 min on a 2-core CPU)
+    python launch/experiment.py --config configs/experiments/rna-1pct.toml --out runs/exp-rna-1pct
+    make experiment            # the same (about 100 min on a 2-core CPU, two arms at a time)
     make experiment-quick      # a few minutes: every arm, one seed, same results.csv columns
 
 Rerunning with the same --out skips every finished step (each leaves an atomic _DONE.json).

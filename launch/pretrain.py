@@ -7,8 +7,10 @@ The paper's schedule by default: AdamW lr 1e-4, weight decay 0.01, linear warm-u
 steps then inverse-square-root decay, 10 epochs, micro-batch 16. A fixed held-out sample of the
 corpus (the same for every coreset drawn with the same --seed, and never trained on) gives the
 MLM loss and perplexity after each epoch (metrics.csv and TensorBoard). Checkpoints are
-DeepSpeed's; rerunning with the same --out resumes after the last finished epoch. --steps N
-trains for exactly N optimizer steps whatever the coreset size (compute-matched comparisons). The final
+DeepSpeed's; rerunning with the same --out resumes from the last checkpoint (an epoch's end, or
+where an earlier --steps stopped). --steps N trains for exactly N optimizer steps whatever the
+coreset size (compute-matched comparisons); rerunning with a larger --steps extends the run to the
+same steps, data order and weights as an unbroken run of that length. The final
 weights are exported as a plain state dict (final/model.safetensors).
 """
 from __future__ import annotations

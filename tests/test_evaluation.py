@@ -214,7 +214,7 @@ def test_cli_end_to_end_schema(tmp_path):
     assert set(doc["tasks"]) == {"rna-type", "rna-ss", "mlm"}
     assert doc["encoder"]["source"] == "run" and doc["encoder"]["path"].endswith("final")
     expected = {"rna-type": {"acc", "macro_f1"}, "rna-ss": {"precision", "recall", "f1", "mcc"},
-                "mlm": {"loss", "ppl"}}
+                "mlm": {"loss", "ppl", "loss_macro", "loss@rfam_RF00005"}}
     for section in (doc, doc["floor"]):
         for name, t in section["tasks"].items():
             assert set(t["metrics"]) == expected[name]
@@ -271,3 +271,32 @@ def test_mlm_defaults_to_a_pretraining_runs_corpus_and_heldout(tmp_path):
     assert m["indices"].endswith("heldout.npy") and m["data"] == [str(fasta)]
     assert (m["n_test"], m["crop_seed"], m["mask_seeds"]) == (20, 3, [3, 4])
     assert m["metrics"]["loss"]["values"][0] != m["metrics"]["loss"]["values"][1]
+
+
+def test_mlm_all_scores_every_record_with_fixed_masks_per_file_group(tmp_path):
+    """A study's held-out set: every record of every file (--mlm-all), masks fixed by
+    --mlm-mask-seed whatever the model's --seed, and one loss per file plus their macro mean."""
+    from bioprune.engine.models import build_model, save_model
+
+    save_model(build_model("rnafm", "tiny"), tmp_path / "run" / "final")
+    small = tmp_path / "small.fasta"     # two files of very different sizes
+    small.write_text(">a\nACGUACGUAGCUAGCUAGCAUCGAUCGA\n>b\nGGGAAACCCUUUGGGAAACCC\n"
+                     ">c\nAUAUAUAUGCGCGCGCAUAUAUGC\n")
+    big = RNA / "rfam_RF00010.fasta"
+    docs = [run_cli(tmp_path, "--model", "rnafm", "--model-size", "tiny",
+                    "--run", str(tmp_path / "run"), "--tasks", "mlm", "--mlm-data", str(big),
+                    str(small), "--mlm-all", "--mlm-mask-seed", "7", "--probe-seeds", "2",
+                    "--seed", str(seed), "--mlm-cache", str(tmp_path / "cache"),
+                    name=f"s{seed}")[0]["tasks"]["mlm"] for seed in (0, 5)]
+    m = docs[0]
+    n_big = sum(1 for line in big.read_text().splitlines() if line.startswith(">"))
+    assert m["n_test"] == n_big + 3 and m["groups"] == {"rfam_RF00010": n_big, "small": 3}
+    assert m["mask_seeds"] == [7, 8] and m["crop_seed"] == 7
+    # the same model scored under two training seeds: same sequences, same masks, same numbers
+    assert docs[1]["metrics"] == m["metrics"]
+    mt = m["metrics"]
+    for k in range(2):
+        big_l, small_l = mt["loss@rfam_RF00010"]["values"][k], mt["loss@small"]["values"][k]
+        assert mt["loss_macro"]["values"][k] == pytest.approx((big_l + small_l) / 2)
+        assert mt["loss"]["values"][k] == pytest.approx((n_big * big_l + 3 * small_l) / (n_big + 3))
+    assert mt["loss"]["values"][0] != mt["loss"]["values"][1]   # two mask seeds

@@ -36,11 +36,32 @@ def test_quick_study_every_arm_and_outputs(quick):
     assert list(rows[0]) == ["arm", "strategy", "rate", "seed", "task", "metric", "value"]
     want = {a["name"] for a in arms(cfg)}
     assert {r["arm"] for r in rows} == want
-    assert {"full", "random", "topk", "cci", "cci_woft", "cluster", "init"} == {r["strategy"] for r in rows}
-    assert {r["task"] for r in rows} == set(cfg["evaluation"]["tasks"])
+    assert {"full", "random", "topk", "cci", "cci_woft", "topk_1mask", "cci_1mask", "cluster",
+            "init"} == {r["strategy"] for r in rows}
+    # the same held-out sequences and masks for every arm, a loss per source and their mean
+    metrics = {r["metric"] for r in rows if r["task"] == "mlm"}
+    assert {"loss", "ppl", "loss_macro", "loss@rnacentral_sample"} <= metrics
+    evals = [json.loads(p.read_text())["tasks"]["mlm"] for p in quick.glob("arms/*/s0/eval/eval.json")]
+    assert len({(e["n_test"], tuple(e["mask_seeds"])) for e in evals}) == 1
+    split_info = json.loads((quick / "data" / "_DONE.json").read_text())
+    assert evals[0]["n_test"] == split_info["n_heldout"]
+    # the single-mask score ran as its own scoring run
+    assert (quick / "score_1mask" / "scores" / "_SUCCESS").exists()
+    # model-free composition: the corpus row first, shares summing to 1 for every arm
+    with open(quick / "composition.csv") as f:
+        comp = list(csv.DictReader(f))
+    assert comp[0]["arm"] == "corpus" and len(comp) > 5
+    for r in comp:
+        assert sum(float(v) for k, v in r.items() if k.startswith("share@")) == pytest.approx(1)
+    tasks = cfg["evaluation"]["tasks"] + cfg["evaluation"]["gate_only_tasks"]
+    assert {r["task"] for r in rows} == set(tasks)
+    # a gate-only probe runs on Full and the floor alone
+    assert {r["arm"] for r in rows if r["task"] in cfg["evaluation"]["gate_only_tasks"]} == {"full", "init"}
     md = (quick / "results.md").read_text()
+    assert md.index("## Power gate") < md.index("## Verdicts")
+    assert "Composition of each coreset" in md
     assert "CCI@10% beats Random@10%" in md and "Random at 2×" in md
-    for t in cfg["evaluation"]["tasks"]:
+    for t in tasks:
         assert (quick / "plots" / f"{t}.png").stat().st_size > 1000
     man = json.loads((quick / "manifest.json").read_text())
     assert man["commit"]["hash"] and man["versions"]["torch"] and man["commands"]
@@ -80,12 +101,28 @@ def test_rerun_with_other_settings_is_refused(quick):
               "--dry-run"])
 
 
-def test_rna_tiny_plan():
-    cfg = load_config(ROOT / "configs" / "experiments" / "rna-tiny.toml")
-    assert random_rates(cfg) == [0.05, 0.1, 0.2, 0.5]      # 2x and 10x of the 5% base rate
+def test_rna_1pct_plan():
+    """The verdict configuration: the paper's rates, Random at 2x / 10x of the base, 3 seeds,
+    every question's arm, two arms at a time, every arm scored on the whole held-out set."""
+    cfg = load_config(ROOT / "configs" / "experiments" / "rna-1pct.toml")
+    assert random_rates(cfg) == [0.005, 0.01, 0.02, 0.1]    # 2x and 10x of the 1% base rate
     names = {a["name"] for a in arms(cfg)}
-    assert {"full", "init", "cci@10%", "topk@5%", "random@50%", "cci_woft@10%", "cluster@10%"} <= names
+    assert {"full", "init", "cci@0.5%", "cci@1%", "cci@2%", "topk@1%", "random@10%",
+            "cci_woft@1%", "cluster@1%", "topk_1mask@1%", "cci_1mask@1%"} <= names
+    assert "topk@2%" not in names                             # topk_rates = [0.01]
     assert len(cfg["seeds"]) >= 3 and cfg["training"]["mode"] == "steps"
-    epochs = load_config(ROOT / "configs" / "experiments" / "rna-tiny.toml",
+    assert cfg["training"]["workers"] == 2
+    assert {"--mlm-all", "--mlm-mask-seed"} <= set(cfg["evaluation"]["extra_args"])
+    epochs = load_config(ROOT / "configs" / "experiments" / "rna-1pct.toml",
                          {"training.mode": "epochs", "training.epochs": 10})
     assert epochs["training"]["epochs"] == 10
+
+
+def test_calibration_and_known_truth_configs_plan():
+    cal = load_config(ROOT / "configs" / "experiments" / "rna-calibrate.toml")
+    assert cal["corpus"]["calibrate"] and {a["strategy"] for a in arms(cal)} == {"full", "random", "init"}
+    planted = load_config(ROOT / "configs" / "experiments" / "rna-planted.toml")
+    assert planted["corpus"]["planted"]["file"] in planted["corpus"]["files"]
+    assert {"random@1%", "cci@1%", "topk@1%", "cluster@1%"} <= {a["name"] for a in arms(planted)}
+    for name in ("protein-1pct", "protein-calibrate"):
+        assert load_config(ROOT / "configs" / "experiments" / f"{name}.toml")["molecule"] == "protein"

@@ -49,3 +49,54 @@ def test_pretrain_rejects_indices_outside_corpus(tmp_path):
     p = run("pretrain.py", ["--data", *files, "--indices", str(tmp_path / "bad.npy"),
                             "--out", str(tmp_path / "o")], check=False)
     assert p.returncode == 2 and "outside the corpus of 10" in p.stderr
+
+
+def _final_state(out) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def _epoch_rows(out) -> list[tuple[int, int, float]]:
+    with open(out / "metrics.csv") as f:
+        return [(int(r["epoch"]), int(r["step"]), float(r["train_loss"]))
+                for r in csv.DictReader(f)]
+
+
+def test_pretrain_extended_steps_match_an_unbroken_run(tmp_path):
+    # 54 training sequences in micro-batches of 8: 7 steps an epoch. 17 steps end 3 steps into
+    # epoch 2; the short run stops 2 steps into epoch 1, so the extension must finish epoch 1
+    # before epoch 2 (the bug: it went on at epoch 2 and stopped at 16 steps, on another order).
+    files = small_corpus(tmp_path, n_fasta=30, n_csv=30)
+    common = ["--data", *files, "--model", "rnafm", "--model-size", "tiny", "--max-length", "64",
+              "--all", "--heldout-size", "6", "--warmup", "3", "--micro-batch-size", "8",
+              "--seed", "1"]
+    unbroken, extended = tmp_path / "unbroken", tmp_path / "extended"
+    run("pretrain.py", [*common, "--out", str(unbroken), "--steps", "17"])
+    run("pretrain.py", [*common, "--out", str(extended), "--steps", "9"])
+    assert _epoch_rows(extended)[-1][:2] == (1, 9)
+    run("pretrain.py", [*common, "--out", str(extended), "--steps", "17"])
+
+    a = json.loads((unbroken / "manifest.json").read_text())
+    b = json.loads((extended / "manifest.json").read_text())
+    assert a["counts"]["steps"] == b["counts"]["steps"] == 17
+    assert b["runs"] == 2 and b["counts"]["resumed_from_step"] == 9
+    assert b["counts"]["resumed_from_epoch"] == 1
+    # the same batches in the same order: every epoch's step count and mean training loss agree
+    # (the resumed epoch 1 carries the loss of its first 2 steps over)
+    rows_a, rows_b = _epoch_rows(unbroken), _epoch_rows(extended)
+    assert [r[:2] for r in rows_a] == [r[:2] for r in rows_b] == [(0, 7), (1, 14), (2, 17)]
+    assert np.allclose([r[2] for r in rows_a], [r[2] for r in rows_b], rtol=0, atol=1e-6)
+    wa, wb = _final_state(unbroken), _final_state(extended)
+    assert wa.keys() == wb.keys()
+    off = {k: (wa[k] - wb[k]).abs().max().item() for k in wa if not torch.equal(wa[k], wb[k])}
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa), off
+
+    # --steps may grow, not shrink below the checkpoint; any other setting still refuses the
+    # directory; neither refusal touches the finished run's manifest
+    p = run("pretrain.py", [*common, "--out", str(extended), "--steps", "12"], check=False)
+    assert p.returncode == 2 and "checkpointed at step 17, past --steps 12" in p.stderr
+    p = run("pretrain.py", [*common, "--out", str(extended), "--steps", "20", "--lr", "3e-4"],
+            check=False)
+    assert p.returncode == 2 and "other settings" in p.stderr
+    assert json.loads((extended / "manifest.json").read_text()) == b

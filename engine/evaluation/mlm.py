@@ -1,7 +1,18 @@
 """Held-out masked-LM loss and perplexity, with the masks of ``data.batching`` (a pure function
 of (mask seed, corpus index)), computed as ``training.loop.evaluate`` does: loss = mean
-per-sample ℓ, ppl = exp(token-mean cross-entropy). Mask seed k is ``seed + k`` for k < probe
-seeds, so the first value equals pretrain.py's held-out metric for the same seed and crop length.
+per-sample ℓ, ppl = exp(token-mean cross-entropy). Mask seed k is ``mask_seed + k`` for k < probe
+seeds (``--mlm-mask-seed``, default ``--seed``), so the first value equals pretrain.py's held-out
+metric for the same seed and crop length.
+
+Coverage: every input file of ``--mlm-data`` is a group (a source or a family); ``loss@GROUP`` is
+the mean per-sample loss of the group's sequences and ``loss_macro`` the mean over groups, so a
+model that lost a rare family shows it even when the pooled loss (dominated by the big groups)
+hides it.
+
+Comparing models (a pruning study): give every model the same sequences and the same masks:
+``--mlm-all`` (every record of --mlm-data, no hashed sample) and a fixed ``--mlm-mask-seed``. The
+hashed sample of one model's seed scores a different tenth of the data per seed, and that alone
+moved the loss of one fixed model by twice the gap between Full and a 20x smaller subset.
 """
 from __future__ import annotations
 
@@ -22,6 +33,7 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
 
     paths, column, id_column = list(s.mlm_data), s.mlm_column, None
     seed, max_len, indices, source = s.seed, s.max_length, None, "--mlm-data"
+    cap = s.mlm_max if s.mlm_max is not None else (None if s.mlm_all else 500)
     run = Path(s.run) if s.run else None
     if run is not None and (run / "manifest.json").exists():
         cfg = json.loads((run / "manifest.json").read_text()).get("config", {})
@@ -50,9 +62,11 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
         except (OSError, ValueError) as e:
             raise EvalError(f"--mlm-indices {s.mlm_indices}: cannot read ({e})") from None
         ind_src = s.mlm_indices
+    if indices is None and s.mlm_all:
+        indices, ind_src = np.arange(n), "every record of --mlm-data (--mlm-all)"
     if indices is None:
         keys = hashing.hash_keys(seed, np.arange(n), hashing.HELDOUT)
-        size = min(s.mlm_max, max(n // 10, 1))
+        size = min(cap or n, max(n // 10, 1))
         indices = np.sort(np.argsort(keys, kind="stable")[:size])
         ind_src = (f"hashed sample: the {size} smallest hash(seed={seed}, index, HELDOUT) keys "
                    "(pretrain.py's held-out rule)")
@@ -62,15 +76,29 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
         raise EvalError(f"mlm: indices ({ind_src}) must be 1-D integers in [0, {n}) of the corpus "
                         f"{paths}")
     total = len(indices)
-    if len(indices) > s.mlm_max:
+    if cap is not None and len(indices) > cap:
         keys = hashing.hash_keys(s.split_seed, indices, 103)
-        indices = np.sort(indices[np.argsort(keys, kind="stable")[:s.mlm_max]])
+        indices = np.sort(indices[np.argsort(keys, kind="stable")[:cap]])
     max_res = min(int(max_len or bundle.max_residues), bundle.max_residues)
+    mask_seed = seed if s.mlm_mask_seed is None else int(s.mlm_mask_seed)
+    names = group_names(paths)
+    groups = np.searchsorted([corpus.file_range(k)[0] for k in range(len(paths))], indices,
+                             side="right") - 1
     return TaskData("mlm", "mlm", [], [], [], [], "mlm", {
         "data": [str(p) for p in paths], "corpus_size": n, "indices": ind_src,
         "n_heldout_total": int(total), "n_train": 0, "n_test": int(len(indices)),
-        "crop_seed": seed, "mask_seeds": [seed + k for k in range(s.probe_seeds)],
-        "max_length": max_res, "_corpus": corpus, "_indices": indices})
+        "crop_seed": mask_seed, "mask_seeds": [mask_seed + k for k in range(s.probe_seeds)],
+        "groups": {names[g]: int((groups == g).sum()) for g in range(len(paths))
+                   if (groups == g).any()},
+        "max_length": max_res, "_corpus": corpus, "_indices": indices, "_groups": groups,
+        "_group_names": names})
+
+
+def group_names(paths) -> list[str]:
+    """One name per input file: its name without extensions (``rfam_RF00005`` for
+    ``rna/rfam_RF00005.fasta.gz``), the position appended where two files share a name."""
+    stems = [Path(p).name.split(".")[0] for p in paths]
+    return [f"{st}#{k}" if stems.count(st) > 1 else st for k, st in enumerate(stems)]
 
 
 @torch.no_grad()
@@ -80,14 +108,19 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
     from bioprune.engine.data.batching import IGNORE, make_batch, per_sample_loss
 
     corpus, idx = task.info["_corpus"], task.info["_indices"]
-    order = idx[np.argsort(corpus.lengths[idx], kind="stable")]
+    sort = np.argsort(corpus.lengths[idx], kind="stable")
+    order, group = idx[sort], task.info["_groups"][sort]
+    names = task.info["_group_names"]
+    present = [g for g in range(len(names)) if (group == g).any()]
     module = bundle.module.to(device).eval()
-    losses, ppls = [], []
+    losses, ppls, macro = [], [], []
+    by_group: dict[str, list[float]] = {f"loss@{names[g]}": [] for g in present}
     t0 = time.time()
     bar = tqdm(total=len(order) * len(task.info["mask_seeds"]), desc="mlm", unit="seq",
                disable=not progress, leave=False)
     for ms in task.info["mask_seeds"]:
         acc = np.zeros(4)
+        per_sample = np.zeros(len(order))
         for st in range(0, len(order), s.embed_batch_size):
             b = make_batch(corpus, order[st:st + s.embed_batch_size], bundle, task.info["crop_seed"],
                            task.info["max_length"], mask_seed=ms).to(device)
@@ -96,10 +129,15 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
             ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.labels.flatten(),
                                                    ignore_index=IGNORE, reduction="sum")
             acc += [loss.sum().item(), len(loss), ce.item(), (b.labels != IGNORE).sum().item()]
+            per_sample[st:st + len(loss)] = loss.double().cpu().numpy()
             bar.update(len(loss))
         losses.append(acc[0] / max(acc[1], 1))
         ppls.append(math.exp(acc[2] / max(acc[3], 1)))
+        means = [float(per_sample[group == g].mean()) for g in present]
+        for g, m in zip(present, means):
+            by_group[f"loss@{names[g]}"].append(m)
+        macro.append(float(np.mean(means)) if means else float("nan"))
     bar.close()
     sec = time.time() - t0
-    return {"loss": losses, "ppl": ppls}, {"seconds": round(sec, 3),
+    return {"loss": losses, "ppl": ppls, "loss_macro": macro, **by_group}, {"seconds": round(sec, 3),
                                            "seq_per_s": round(len(order) * len(ppls) / max(sec, 1e-9), 1)}

@@ -36,9 +36,10 @@ TASKS: dict[str, TaskInfo] = {t.name: t for t in (
     TaskInfo("protein-loc", "protein", "protein/deeploc_binary.csv", "the file's train/test split",
              "mean-pooled embedding -> 2-layer MLP", "acc, macro_f1"),
     TaskInfo("mlm", "any", "--mlm-data (default: the --run's corpus and heldout.npy)",
-             "--mlm-indices, else a hashed held-out sample of --mlm-max sequences",
+             "--mlm-indices, --mlm-all, else a hashed held-out sample of --mlm-max sequences",
              "the model's own MLM head",
-             "loss (mean per-sample CE), ppl (exp of the token-mean CE); one value per mask seed"),
+             "loss (mean per-sample CE), ppl (exp of the token-mean CE), loss@FILE per input "
+             "file and loss_macro (their mean); one value per mask seed"),
     TaskInfo("csv:PATH", "model's", "your CSV: id,sequence,label[,split]",
              "split column (train/test) honoured exactly; else hashed by sequence (20% test)",
              "mean-pooled embedding -> linear",
@@ -89,7 +90,9 @@ class EvalSettings:
     csv_kind: str = "auto"            # auto | classification | regression
     mlm_data: list[str] = field(default_factory=list)
     mlm_indices: str | None = None
-    mlm_max: int = 500
+    mlm_max: int | None = None      # None: 500 for the hashed sample, no cap with mlm_all
+    mlm_all: bool = False
+    mlm_mask_seed: int | None = None
     mlm_column: str = "sequence"
     mlm_cache: str | None = None
     progress: bool = True

@@ -4,10 +4,13 @@ Layout of the experiment directory ``OUT``::
 
     experiment.json            the resolved config (a rerun with a different one is refused)
     data/train.fasta           the training corpus (every launcher sees only this)
-    data/heldout.fasta         the held-out part (never scored, selected or trained on): mlm task
+    data/heldout/<group>.fasta the held-out part, one file per input (never scored, selected or
+                               trained on): the mlm task's loss@GROUP and loss_macro
+    data/train_group.npy       the input (group) of every training record: composition table
     corpus/                    memory-mapped cache of train.fasta, shared by every launcher
     reference/                 pretrain --all (skipped with reference.init = WEIGHTS)
     score/  score_woft/        score.py with adaptation / with --finetune-epochs 0 (CCI w/o ft)
+    score_1mask/               score.py with the single-mask score (--mask-draws 1)
     clusters/                  MMseqs2 cluster table of the training corpus (clusters.npy)
     arms/<arm>/select[-s<seed>]/coreset.npy     one per (strategy, rate[, seed])
     arms/<arm>/s<seed>/pretrain/  arms/<arm>/s<seed>/eval/eval.json
@@ -15,7 +18,9 @@ Layout of the experiment directory ``OUT``::
     results.csv results.md plots/<task>.png manifest.json
 
 Every step writes ``_DONE.json`` (atomically: wall time, command) into its directory last; a
-rerun skips steps whose marker exists, so an interrupted run continues where it stopped.
+rerun skips steps whose marker exists, so an interrupted run continues where it stopped. With
+``training.workers`` = N the pretraining and evaluation steps run N at a time, each process with
+one thread (on a 2-core CPU two one-thread arms do twice the work of one two-thread arm).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from bioprune.engine.experiments.config import SCORED
 from bioprune.engine.experiments.config import arms as expand_arms
 from bioprune.engine.experiments.config import budget as rate_budget
 from bioprune.engine.io.atomic import save_npy, write_json
@@ -41,13 +47,17 @@ CLAIM = ".claimed"          # an evaluation taken by an --evaluate-only worker
 
 
 def repo_root() -> Path:
-    """The checkout holding launch/ (the installed bioprune.launch, else this file's repo)."""
+    """The folder holding launch/ (the installed bioprune.launch, else this file's repo).
+    bioprune.launch is a namespace package: its folders are in ``__path__``, not ``__file__``."""
     try:
         import bioprune.launch as bl
 
-        return Path(bl.__file__).resolve().parent.parent
+        for folder in map(Path, bl.__path__):
+            if (folder / "pretrain.py").is_file():
+                return folder.resolve().parent
     except ImportError:
-        return Path(__file__).resolve().parents[2]
+        pass
+    return Path(__file__).resolve().parents[2]
 
 
 def data_path(p: str) -> str:
@@ -83,7 +93,7 @@ class Study:
         self.quiet = quiet
         self.commands: list[dict] = []
         self.train_fa = self.out / "data" / "train.fasta"
-        self.heldout_fa = self.out / "data" / "heldout.fasta"
+        self.workers = max(1, int(cfg["training"]["workers"]))
         self.cache = self.out / "corpus"
         self._n_train = None
 
@@ -106,6 +116,8 @@ class Study:
         logf.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PATH=f"{Path(py).parent}:{os.environ.get('PATH', '')}",
                    PYTHONUNBUFFERED="1")
+        if self.workers > 1:   # processes side by side: one thread each, or they fight for cores
+            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         t = time.time()
         with open(logf, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
@@ -151,15 +163,16 @@ class Study:
         steps: list[Step] = [Step("split", "split", self.out / "data", self.split, 5.0)]
         n_est = self._estimate_n()
         ref = c["reference"]
-        if not ref["init"]:
+        all_arms = expand_arms(c)
+        runs = sorted({SCORED[a["strategy"]] for a in all_arms if a["strategy"] in SCORED})
+        if not ref["init"] and runs:
             steps.append(Step("reference", "reference", self.out / "reference", self.reference,
                               L + ref["steps"] * est["train_step_s"]))
         score_s = L + n_est * est["score_seq_s"] + c["scoring"]["subset_size"] * est["score_seq_s"] * 2
-        steps.append(Step("score", "score", self.out / "score", lambda: self.score(True), score_s))
-        all_arms = expand_arms(c)
-        if any(a["strategy"] == "cci_woft" for a in all_arms):
-            steps.append(Step("score_woft", "score", self.out / "score_woft",
-                              lambda: self.score(False), score_s * 0.6))
+        cost = {"score": 1.0, "score_woft": 0.6, "score_1mask": 0.3}
+        for run in runs:
+            steps.append(Step(run, "score", self.out / run,
+                              (lambda r=run: self.score(r)), score_s * cost[run]))
         if any(a["strategy"] == "cluster" for a in all_arms):
             steps.append(Step("clusters", "cluster", self.out / "clusters", self.clusters,
                               5 + n_est * 0.0015))
@@ -169,19 +182,20 @@ class Study:
         for arm in all_arms:
             s, r, name = arm["strategy"], arm["rate"], arm["name"]
             adir = self.out / "arms" / name
-            if s == "topk":   # deterministic: one selection serves every training seed
+            if s in ("topk", "topk_1mask"):   # deterministic: one selection serves every seed
                 steps.append(Step(f"{name}/select", "select", adir / "select",
                                   self._selector(arm, adir / "select", 0), est["select_s"]))
             for seed in seeds:
                 sdir = adir / f"s{seed}"
-                if s in ("random", "cci", "cci_woft", "cluster"):
+                if s not in ("full", "init", "topk", "topk_1mask"):
                     sel = adir / f"select-s{seed}"
                     steps.append(Step(f"{name}/select-s{seed}", "select", sel,
                                       self._selector(arm, sel, seed),
                                       est["select_s"] if s != "cluster" else 1.0))
                 if s != "init":
                     idx = (None if s == "full" else
-                           (adir / "select" if s == "topk" else adir / f"select-s{seed}") / "coreset.npy")
+                           (adir / "select" if s.startswith("topk") else adir / f"select-s{seed}")
+                           / "coreset.npy")
                     n_arm = n_est if s == "full" else rate_budget(r, n_est)
                     steps.append(Step(f"{name}/s{seed}/pretrain", "pretrain", sdir / "pretrain",
                                       self._pretrainer(idx, seed, sdir / "pretrain", f"{name}/s{seed}"),
@@ -202,31 +216,26 @@ class Study:
         src = load_corpus([data_path(p) for p in self.cfg["corpus"]["files"]],
                           self.cfg["molecule"], self.out / "source_corpus",
                           column=self.cfg["corpus"]["column"])
-        return int(round(len(src) * (1 - self.cfg["corpus"]["heldout_fraction"])))
+        c = self.cfg["corpus"]
+        if c["planted"]["file"] in c["files"]:   # the planted family grows to `share` of it
+            lo, hi = src.file_range(c["files"].index(c["planted"]["file"]))
+            return int(round((len(src) - (hi - lo)) / (1 - c["planted"]["share"])))
+        return int(round(len(src) * (1 - c["heldout_fraction"])))
 
     # ------------------------------------------------------------------ step bodies
 
     def split(self) -> dict:
-        """Deterministic held-out split: record i is held out iff u(hash(heldout_seed, i)) < f."""
+        """Deterministic split into train.fasta and one held-out FASTA per input
+        (experiments.split: held-out, calibration or planted known-truth corpus)."""
         from bioprune.engine.data.corpus import load_corpus
-        from bioprune.engine.runtime.hashing import HELDOUT, hash_keys, uniform
+        from bioprune.engine.experiments.split import make_split
 
         c = self.cfg["corpus"]
         files = [data_path(p) for p in c["files"]]
         src = load_corpus(files, self.cfg["molecule"], self.out / "source_corpus", column=c["column"])
-        n = len(src)
-        # stream HELDOUT + 100: not the pretrain launcher's own held-out draw
-        u = uniform(hash_keys(c["heldout_seed"], np.arange(n), HELDOUT + 100))
-        held = np.flatnonzero(u < c["heldout_fraction"]).astype(np.int64)
-        train = np.flatnonzero(u >= c["heldout_fraction"]).astype(np.int64)
-        src.write_fasta(train, self.train_fa)
-        src.write_fasta(held, self.heldout_fa)
-        save_npy(self.out / "data" / "train_source_index.npy", train)
-        save_npy(self.out / "data" / "heldout_source_index.npy", held)
-        return {"n_source": n, "n_train": int(len(train)), "n_heldout": int(len(held)),
-                "files": files, "rule": "held out iff uniform(hash(heldout_seed, source index, "
-                "stream HELDOUT+100)) < heldout_fraction; train corpus index = position in "
-                "train.fasta"}
+        info = make_split(self.cfg, files, src, self.out / "data")
+        info["rule"] += "; train corpus index = position in train.fasta"
+        return info
 
     def reference_weights(self) -> str:
         ref = self.cfg["reference"]
@@ -244,16 +253,20 @@ class Study:
         self._drop_checkpoints(out)
         return {"wall_s": wall, "steps": ref["steps"]}
 
-    def score(self, finetune: bool) -> dict:
+    def score(self, run: str) -> dict:
+        """``score``: the default score; ``score_woft``: no adaptation (CCI w/o ft);
+        ``score_1mask``: the single-mask score of the paper's code (--mask-draws 1)."""
         s = self.cfg["scoring"]
-        out = self.out / ("score" if finetune else "score_woft")
+        out = self.out / run
+        epochs = 0 if run == "score_woft" else s["finetune_epochs"]
+        masks = ["--mask-draws", 1] if run == "score_1mask" else []
         args = [*self._common(), "--checkpoint", self.reference_weights(),
                 "--subset-size", min(s["subset_size"], self.n_train),
-                "--finetune-epochs", s["finetune_epochs"] if finetune else 0,
+                "--finetune-epochs", epochs, *masks,
                 "--micro-batch-size", s["micro_batch_size"], "--seed", 0, "--out", out,
                 *s["extra_args"]]
         wall = self.launch("score.py", args, out.name, self.ranks)
-        return {"wall_s": wall, "finetune_epochs": s["finetune_epochs"] if finetune else 0}
+        return {"wall_s": wall, "finetune_epochs": epochs, "mask_args": masks}
 
     def clusters(self) -> dict:
         from bioprune.engine.data.corpus import load_corpus
@@ -290,8 +303,18 @@ class Study:
                 save_npy(out / "coreset.npy", idx)
                 write_json(out / "selection.json", report)
                 return {"budget": b, "selected": int(len(idx))}
-            scores = self.out / ("score_woft" if s == "cci_woft" else "score") / "scores"
-            strategy = {"cci_woft": "cci"}.get(s, s)
+            if s == "random":
+                # keys hash(seed, corpus index) decide alone (DESIGN: Randomness), so Random
+                # needs no scores: the exact selection over constant scores, in process
+                from bioprune.engine.selection.exact import select
+
+                res = select(np.arange(self.n_train), np.zeros(self.n_train), "random", b,
+                             seed=seed)
+                save_npy(out / "coreset.npy", res.indices)
+                write_json(out / "selection.json", res.report)
+                return {"budget": b, "selected": int(len(res.indices))}
+            scores = self.out / SCORED[s] / "scores"
+            strategy = s.split("_")[0]        # cci_woft, cci_1mask -> cci; topk_1mask -> topk
             args = ["--scores", scores, "--strategy", strategy, "--budget", b, "--seed", seed,
                     "--hard-cutoff", sel["hard_cutoff"], "--strata", sel["strata"], "--out", out]
             wall = self.launch("select_coreset.py", args, f"{arm['name']}/{out.name}", 1)
@@ -320,16 +343,26 @@ class Study:
         def run() -> dict:
             out = sdir / "eval"
             what = (["--init", "random"] if strategy == "init" else ["--run", sdir / "pretrain"])
-            extra = [str(a).replace("{heldout}", str(self.heldout_fa))
-                     for a in c["evaluation"]["extra_args"]]
+            from bioprune.engine.experiments.split import heldout_files
+
+            extra = []
+            for a in c["evaluation"]["extra_args"]:
+                extra += heldout_files(self.out / "data") if a == "{heldout}" else [str(a)]
             args = ["--model", c["model"], "--model-size", c["model_size"], *what,
-                    "--tasks", ",".join(c["evaluation"]["tasks"]), "--seed", seed, "--out", out,
+                    "--tasks", ",".join(self._tasks(strategy)), "--seed", seed, "--out", out,
                     *extra]
             wall = self.launch(c["evaluation"]["script"], args, f"{label}/eval", 1)
             if not (out / "eval.json").exists():
                 raise RuntimeError(f"evaluate.py wrote no {out / 'eval.json'}")
             return {"wall_s": wall}
         return run
+
+    def _tasks(self, strategy: str) -> list[str]:
+        """Every arm's tasks; Full and the floor also get the gate-only tasks (probes that must
+        first show they resolve Full vs the floor before they are worth running on every arm)."""
+        e = self.cfg["evaluation"]
+        extra = e["gate_only_tasks"] if strategy in ("full", "init") else []
+        return list(dict.fromkeys([*e["tasks"], *extra]))
 
     def _drop_checkpoints(self, out: Path) -> None:
         if not self.cfg["training"]["keep_checkpoints"]:
@@ -369,15 +402,17 @@ class Study:
         by_phase: dict[str, float] = {}
         for s in todo:
             by_phase[s.phase] = by_phase.get(s.phase, 0.0) + s.estimate_s
+        par = sum(s.estimate_s for s in todo if s.phase in ("pretrain", "evaluate"))
+        est -= par * (1 - 1 / self.workers)
         self.log(f"experiment {self.cfg['name']}: {len(steps)} steps, {len(steps) - len(todo)} "
                  f"already done, {len(todo)} to run; estimated {est / 60:.1f} min on this machine "
+                 f"with {self.workers} worker(s) "
                  f"({', '.join(f'{k} {v / 60:.1f}' for k, v in by_phase.items())} min)")
         if dry_run:
             return {"steps": len(steps), "todo": len(todo), "estimate_s": est}
         wall: dict[str, float] = {}
-        for i, s in enumerate(steps):
-            if s.done:
-                continue
+
+        def run_step(i: int, s: Step) -> None:
             self.log(f"[{i + 1}/{len(steps)}] {s.name} ...")
             t = time.time()
             info = s.run() or {}
@@ -385,7 +420,25 @@ class Study:
             wall[s.phase] = wall.get(s.phase, 0.0) + dt
             write_json(s.dir / MARKER, {"step": s.name, "phase": s.phase, "wall_s": round(dt, 2),
                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
-            self.log(f"    done in {dt:.0f} s (elapsed {(time.time() - t0) / 60:.1f} min)")
+            self.log(f"    {s.name} done in {dt:.0f} s (elapsed {(time.time() - t0) / 60:.1f} min)")
+
+        # split, reference, scores, clusters and selections one after another (each depends on
+        # the last); then every pretraining, then every evaluation, `workers` at a time
+        parallel = ("pretrain", "evaluate")
+        for i, s in enumerate(steps):
+            if not s.done and s.phase not in parallel:
+                run_step(i, s)
+        for phase in parallel:
+            todo_now = [(i, s) for i, s in enumerate(steps) if s.phase == phase and not s.done]
+            if self.workers == 1:
+                for i, s in todo_now:
+                    run_step(i, s)
+                continue
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.workers) as pool:
+                for f in [pool.submit(run_step, i, s) for i, s in todo_now]:
+                    f.result()     # the first failure is raised once the running steps end
         from bioprune.engine.experiments.report import write_report
 
         t = time.time()

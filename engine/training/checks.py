@@ -10,6 +10,7 @@ from pathlib import Path
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime import validate as v
+from bioprune.engine.runtime.errors import fail
 
 # what determines the trained model (epochs / steps may grow: that resumes)
 IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
@@ -55,7 +56,20 @@ def begin_pretraining(s) -> Path | None:
                   flush=True)
         return out / "final"
     run_identity.open_run(out, config, what="pretraining run", overwrite=s.overwrite)
+    refuse_fewer_steps(out, s.steps)
     return None
+
+
+def refuse_fewer_steps(out: Path, steps: int | None) -> None:
+    """--steps may grow, not shrink below the checkpoint (its weights are past that step).
+    Checked before manifest.json is rewritten; train() checks again after loading (--epochs,
+    and checkpoints without a progress file)."""
+    from bioprune.engine.training.loop import checkpoint_step
+
+    done = checkpoint_step(out / "checkpoints")
+    if steps and done is not None and done > steps:
+        fail(f"{out} holds a run checkpointed at step {done}, past --steps {steps}; pass "
+             "--steps at least as large to go on, or --overwrite to start afresh")
 
 
 def _summary(out: Path) -> str:

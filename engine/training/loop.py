@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ import torch
 import torch.distributed as dist
 
 from bioprune.engine.runtime import distributed, hashing
-from bioprune.engine.io.atomic import write_text
+from bioprune.engine.io.atomic import write_json, write_text
 from bioprune.engine.data.batching import IGNORE, make_batch, per_sample_loss
+from bioprune.engine.runtime.errors import fail
 
+# next to DeepSpeed's "latest": the step its checkpoint is at, for checks before DeepSpeed is up
+PROGRESS = "progress.json"
 
 
 @dataclass
@@ -67,6 +71,9 @@ def make_engine(bundle, settings: TrainSettings):
     cfg = load_ds_config(settings)
     source = cfg.pop("_source")
 
+    # Both schedules are functions of the optimizer step alone (neither knows --steps/--epochs):
+    # a run extended to more steps follows the same curve as an unbroken run of that length, and
+    # the scheduler's step count comes back with the DeepSpeed checkpoint.
     def schedule(optimizer):
         if settings.schedule == "inverse_sqrt":
             return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=settings.warmup_steps)
@@ -150,31 +157,40 @@ def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSetting
 def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, checkpoint_dir=None,
           heldout: np.ndarray | None = None, metrics_csv=None, tensorboard_dir=None,
           progress_desc: str = "train") -> dict:
-    """Train ``bundle.module`` on ``indices`` of ``corpus``; resume from ``checkpoint_dir``."""
+    """Train ``bundle.module`` on ``indices`` of ``corpus``; resume from ``checkpoint_dir``.
+
+    A resumed run takes exactly the steps, on exactly the batches, of an unbroken one: it goes on
+    from the checkpoint's optimizer step (an epoch's end, or where an earlier ``max_steps``
+    stopped inside an epoch) and skips the batches of that epoch already taken.
+    """
     from tqdm import tqdm
 
     rank, world = distributed.rank(), distributed.world_size()
     engine = make_engine(bundle, settings)
-    start_epoch = 0
-    if checkpoint_dir and (Path(checkpoint_dir) / "latest").exists():
-        _, client = engine.load_checkpoint(str(checkpoint_dir))
-        start_epoch = int(client.get("epoch", -1)) + 1
+    per_epoch = steps_per_epoch(len(indices), settings.micro_batch_size, world, settings.grad_accum)
+    start = _resume(engine, checkpoint_dir, per_epoch, settings)
+    start_step = engine.global_steps
     writer = None
     if tensorboard_dir and rank == 0:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(tensorboard_dir))
     rows = _read_metrics(metrics_csv) if metrics_csv else []
-    rows = [r for r in rows if int(r["epoch"]) < start_epoch]
+    if start["train"]:   # the row of an epoch stopped part-way is rewritten when it ends
+        rows = [r for r in rows if int(r["epoch"]) < start["epoch"]]
     t0 = time.time()
     seen = 0
     engine.train()
-    for epoch in range(start_epoch, settings.epochs):
+    for epoch in range(start["epoch"], settings.epochs) if start["train"] else ():
         batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world,
                                settings.grad_accum)
-        bar = tqdm(batches, desc=f"{progress_desc} epoch {epoch + 1}/{settings.epochs}",
+        skip = start["skip"] if epoch == start["epoch"] else 0
+        bar = tqdm(batches[skip * settings.grad_accum:], initial=skip * settings.grad_accum,
+                   total=len(batches), desc=f"{progress_desc} epoch {epoch + 1}/{settings.epochs}",
                    disable=rank != 0, unit="batch", dynamic_ncols=True)
-        run_loss, n_loss = 0.0, 0
+        # an epoch resumed part-way goes on with the loss of its first part, so its row in
+        # metrics.csv is the unbroken run's
+        run_loss, n_loss = (start["loss_sum"], start["loss_count"]) if skip else (0.0, 0)
         t_epoch = time.time()
         for idx in bar:
             # new masks every epoch: the mask seed moves with the epoch, crops stay put
@@ -206,11 +222,81 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
         if rank == 0 and metrics_csv:
             _write_metrics(metrics_csv, rows)
         if checkpoint_dir:
-            engine.save_checkpoint(str(checkpoint_dir), tag=f"epoch{epoch}", client_state={"epoch": epoch})
+            _save_checkpoint(engine, checkpoint_dir, epoch, per_epoch, run_loss, n_loss)
     if writer:
         writer.close()
     return {"engine": engine, "metrics": rows, "steps": engine.global_steps,
-            "seconds": time.time() - t0, "sequences": seen, "start_epoch": start_epoch}
+            "seconds": time.time() - t0, "sequences": seen, "start_epoch": start["epoch"],
+            "start_step": start_step}
+
+
+def _last_step(settings: TrainSettings, per_epoch: int) -> int:
+    """The optimizer step a run with these settings ends at."""
+    end = settings.epochs * per_epoch
+    return min(end, settings.max_steps) if settings.max_steps else end
+
+
+def _save_checkpoint(engine, checkpoint_dir, epoch: int, per_epoch: int, loss_sum: float,
+                     loss_count: int) -> None:
+    """A checkpoint after ``epoch``, or after the part of it a ``max_steps`` run took (its own
+    tag, so the epoch's end, if a longer run reaches it, does not overwrite it)."""
+    complete = engine.global_steps == (epoch + 1) * per_epoch
+    tag = f"epoch{epoch}" if complete else f"epoch{epoch}-step{engine.global_steps}"
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={
+        "epoch": epoch, "steps_per_epoch": per_epoch, "loss_sum": loss_sum,
+        "loss_count": loss_count})
+    if distributed.is_main():
+        write_json(Path(checkpoint_dir) / PROGRESS,
+                   {"tag": tag, "step": engine.global_steps, "epoch": epoch})
+
+
+def checkpoint_step(checkpoint_dir) -> int | None:
+    """The optimizer step of the last checkpoint in ``checkpoint_dir``, read without DeepSpeed
+    (start-up checks); None when there is none or its progress file is missing or stale."""
+    directory = Path(checkpoint_dir)
+    try:
+        progress = json.loads((directory / PROGRESS).read_text())
+        latest = (directory / "latest").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    # written after DeepSpeed's "latest": an interruption between the two leaves it stale
+    return int(progress["step"]) if progress.get("tag") == latest else None
+
+
+def _resume(engine, checkpoint_dir, per_epoch: int, settings: TrainSettings) -> dict:
+    """Where training goes on: {"epoch", "skip" (its optimizer steps already taken), "loss_sum",
+    "loss_count" (of those steps), "train" (False: the checkpoint is at the end already)}.
+
+    Every epoch has ``per_epoch`` steps and the order of each is a function of (seed, epoch), so
+    the restored optimizer step alone says which batch comes next.
+    """
+    if not (checkpoint_dir and (Path(checkpoint_dir) / "latest").exists()):
+        return {"epoch": 0, "skip": 0, "loss_sum": 0.0, "loss_count": 0, "train": True}
+    _, client = engine.load_checkpoint(str(checkpoint_dir))
+    client = client or {}
+    step = engine.global_steps
+    epoch, skip = divmod(step, per_epoch)
+    _check_geometry(checkpoint_dir, client, step, per_epoch)
+    last = _last_step(settings, per_epoch)
+    if step > last:
+        fail(f"{checkpoint_dir} is at optimizer step {step}, past the {last} steps these "
+             f"settings train for; ask for at least {step} steps, or --overwrite to start afresh")
+    carried = skip > 0 and int(client.get("epoch", -1)) == epoch
+    return {"epoch": epoch, "skip": skip, "train": step < last,
+            "loss_sum": float(client.get("loss_sum", 0.0)) if carried else 0.0,
+            "loss_count": int(client.get("loss_count", 0)) if carried else 0}
+
+
+def _check_geometry(checkpoint_dir, client: dict, step: int, per_epoch: int) -> None:
+    """Refuse a checkpoint whose epochs had another number of steps (another number of ranks):
+    its step count would point to the wrong place in the data order."""
+    recorded = client.get("steps_per_epoch")
+    epoch = client.get("epoch")
+    inside = epoch is None or int(epoch) * per_epoch < step <= (int(epoch) + 1) * per_epoch
+    if (recorded is not None and int(recorded) != per_epoch) or not inside:
+        fail(f"{checkpoint_dir}: the checkpoint (epoch {epoch}, step {step}) was made with "
+             f"{recorded or 'another number of'} steps per epoch, this run has {per_epoch} "
+             "(another number of ranks?); resume on the same ranks, or --overwrite")
 
 
 def export_weights(engine, bundle, directory) -> Path | None:

@@ -4,7 +4,10 @@
 The training set is the given corpus indices less a fixed held-out sample (the same for every
 coreset drawn with the same seed, never trained on), which gives the MLM loss and perplexity after
 each epoch. ``steps`` makes runs compute-matched: every coreset gets the same number of optimizer
-steps (a small one is repeated) instead of the same number of epochs.
+steps (a small one is repeated) instead of the same number of epochs. A rerun into the same
+--out resumes, also with a larger ``steps`` (or ``epochs``): it takes the same batches and
+reaches the same weights as an unbroken run of the new length (the LR schedule depends on the
+step alone, see :func:`bioprune.engine.training.loop.make_engine`).
 Collective: every rank calls :func:`run_pretraining` with the same settings.
 """
 from __future__ import annotations
@@ -57,7 +60,8 @@ def read_indices(path: str, n: int) -> np.ndarray:
 
 
 def run_pretraining(s: PretrainSettings) -> Path:
-    """Train, checkpoint per epoch (resumable), export ``out/final``; returns that directory."""
+    """Train, checkpoint per epoch and where ``steps`` stops (resumable), export ``out/final``;
+    returns that directory."""
     from bioprune.engine.runtime.zero3 import ds_config
     from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
 
@@ -116,7 +120,8 @@ def _number(v) -> float:
 def _record(manifest: Manifest, result: dict, t0: float) -> None:
     manifest.set("ds_config", result["engine"].bioprune_config_source)
     manifest.set("metrics", result["metrics"])
-    manifest.count(steps=result["steps"], resumed_from_epoch=result["start_epoch"])
+    manifest.count(steps=result["steps"], resumed_from_epoch=result["start_epoch"],
+                   resumed_from_step=result["start_step"])
     manifest.timing("train", result["seconds"], result["sequences"])
     manifest.timing("total", time.time() - t0)
     manifest.save("finished")
