@@ -62,6 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mask-draws", type=int, default=None, metavar="K",
                    help="per-sample loss = mean MLM loss over K random 15%% masks instead "
                         "(costs K passes; K = 1 is the single mask of the paper's code)")
+    g.add_argument("--mask-estimator", choices=("mean", "cross"), default="mean",
+                   help="mean: the score is the weighted squared norm of the mean of the K "
+                        "copies' gradients (noise of one mask shrinks only as 1/K); cross: the "
+                        "unbiased cross-term over pairs of copies, (|Σg_k|² − Σ|g_k|²)/(K(K−1)), "
+                        "an estimate of |E_m g|² without that noise (needs K >= 2; same passes, "
+                        "one more kernel reduction per layer)")
     g.add_argument("--mask-seed", type=int, default=None,
                    help="seed of the scoring masks, which are functions of (mask seed, corpus "
                         "index, k); default: --seed")

@@ -56,3 +56,25 @@ def expected_per_sample_grads(bundle, corpus, indices, seed: int, masks, max_res
         for n in names:
             out[n].append(g[n])
     return {n: torch.stack(v) for n, v in out.items()}
+
+
+def per_copy_grads(bundle, corpus, indices, seed: int, masks, max_residues=None):
+    """{name: (B, K, *shape)}: the gradient of each masked copy's own loss ℓ_k(z), every copy run
+    alone through torch.func (the independent reference of the cross-term estimator)."""
+    model = bundle.module.eval()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss_fn(trainable, tok, lab):
+        full = dict(params)
+        full.update(trainable)
+        return per_sample_loss(functional_call(model, full, (tok[None],)), lab[None])[0]
+
+    out = {n: [] for n in names}
+    for i in indices:
+        b = make_batch(corpus, [int(i)], bundle, seed, max_residues, masks=masks)
+        gs = [grad(loss_fn)({n: params[n] for n in names}, tok, lab)
+              for tok, lab in zip(b.tokens, b.labels)]
+        for n in names:
+            out[n].append(torch.stack([g[n] for g in gs]))
+    return {n: torch.stack(v) for n, v in out.items()}

@@ -273,3 +273,22 @@ def test_gpu_report_runs_both_benchmarks_and_collects_the_targets(tmp_path, caps
     assert not any("stale" in t for t in summary["targets"])
     assert sum(summary["counts"].values()) == len(names)
     assert f"{summary['counts']['pass']} PASS, {summary['counts']['fail']} FAIL" in printed
+
+
+def test_estimators_bench_small_run_writes_every_column(tmp_path, capsys):
+    """launch/bench/estimators.py end to end on a dozen sequences: every estimator gets its
+    stability, reference agreement and cost columns, and the cross-term can go negative."""
+    from bioprune.launch.bench import estimators
+
+    out = tmp_path / "est"
+    assert estimators.main(["--model", "rnafm", "--n", "12", "--train-steps", "2",
+                            "--estimators", "K1", "K2x", "--references", "C2", "C2x",
+                            "--max-length", "40", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["estimators"]) == {"K1", "K2x"} and set(res["references"]) >= {"C2", "C2x"}
+    k1, k2x = res["estimators"]["K1"], res["estimators"]["K2x"]
+    assert (k1["copies"], k2x["copies"], k2x["estimator"]) == (1, 2, "cross")
+    assert k1["cost_vs_K1"] == 1.0 and k2x["score_ms_per_seq"] > 0 and k1["negative_share"] == 0
+    for r in (k1, k2x):
+        assert -1 <= r["spearman_vs_C2"] <= 1 and -1 <= r["spearman_seeds"] <= 1
+    assert "| K2x (cross) | 2 |" in capsys.readouterr().out

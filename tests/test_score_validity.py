@@ -12,7 +12,7 @@ from bioprune.engine.influence.diagnostics import GROUPS, contributions, paramet
 from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
 from bioprune.engine.influence.passes import Scorer, _backward_pass, fisher_pass
 from bioprune.engine.models import build_model, trainable_parameters
-from reference import expected_per_sample_grads
+from reference import expected_per_sample_grads, per_copy_grads
 
 SEED = 4
 PLANS = [MaskPlan(draws=3, seed=9), MaskPlan(covers=1)]
@@ -112,6 +112,48 @@ def test_multi_mask_per_sample_grads_match_torch_func(name, plan):
         scores = col.take_scores()
     expect = sum((ref[n].square() * weights[n]).flatten(1).sum(1).double() for n, _ in params)
     np.testing.assert_allclose(scores.numpy(), expect.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rnafm", "esmc"])
+@pytest.mark.parametrize("plan", [MaskPlan(draws=3, seed=9, estimator="cross"),
+                                  MaskPlan(covers=1, estimator="cross")], ids=["3draws", "cover"])
+def test_cross_term_scores_match_torch_func(name, plan):
+    """The cross-term estimator Σ_{k≠l} ⟨g_k, g_l⟩_W / (K(K−1)) from each copy's own gradient,
+    every copy run alone through torch.func, equals the Scorer's (fused kernels, tied
+    embeddings, learned positions, per-row reductions beside the joined ones)."""
+    bundle, corpus = _setup(name, n=3, lengths=(4, 20))
+    params = trainable_parameters(bundle.module)
+    order = [2, 0, 1]
+    ref = per_copy_grads(bundle, corpus, order, SEED, plan)
+    K = plan.copies
+    weights = {n: torch.rand_like(p, dtype=torch.float32) for n, p in params}
+    expect = torch.zeros(len(order), dtype=torch.float64)
+    for n, _ in params:
+        g = ref[n].double().flatten(2)                      # (B, K, P)
+        w = weights[n].double().flatten()
+        total = (g.sum(1).square() * w).sum(1)              # |Σ_k g_k|²_W
+        own = (g.square() * w).sum((1, 2))                  # Σ_k |g_k|²_W
+        expect += (total - own) / (K * (K - 1))
+    scorer = Scorer(bundle, params, weights, seed=SEED, max_residues=10_000, device="cpu",
+                    masks=plan)
+    with scorer:
+        got = scorer.score_indices(corpus, order)
+    by_index = dict(zip(got["index"].tolist(), got["score"].tolist()))
+    np.testing.assert_allclose([by_index[i] for i in order], expect.numpy(), rtol=1e-4,
+                               atol=1e-6 * float(expect.abs().max()))
+    # and it is not the mean estimator: those differ by the noise term Σ_k |g_k|² / K²
+    mean = Scorer(bundle, params, weights, seed=SEED, max_residues=10_000, device="cpu",
+                  masks=MaskPlan(draws=plan.draws, covers=plan.covers, seed=plan.seed))
+    with mean:
+        plain = mean.score_indices(corpus, order)["score"]
+    assert not np.allclose(plain, got["score"], rtol=1e-3)
+
+
+def test_cross_term_needs_two_copies():
+    with pytest.raises(ValueError, match="at least 2"):
+        MaskPlan(draws=1, estimator="cross")
+    with pytest.raises(ValueError, match="estimator"):
+        MaskPlan(draws=2, estimator="median")
 
 
 # ---- identities ---------------------------------------------------------------------------------

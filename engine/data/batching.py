@@ -42,6 +42,9 @@ COVER_PARTS = int(round(1 / MASK_FRACTION))  # 7 masks of ~14% make one cover
 _MASK_STRIDE = 1 << 40  # mask k's per-position keys: position + k·2^40 (positions < 2^40)
 
 
+ESTIMATORS = ("mean", "cross")
+
+
 @dataclass(frozen=True)
 class MaskPlan:
     """Which masks define a sample's loss: ``draws`` random masks, or ``covers`` mask covers.
@@ -50,8 +53,15 @@ class MaskPlan:
     draws: int = 1
     covers: int = 0
     seed: int | None = None
+    # how a score is estimated from the K copies' gradients: "mean" squares their mean;
+    # "cross" is the unbiased cross-term over pairs of copies (grad_sample.collector)
+    estimator: str = "mean"
 
     def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"mask estimator must be one of {ESTIMATORS} (got {self.estimator!r})")
+        if self.estimator == "cross" and self.copies < 2:
+            raise ValueError("the cross-term estimator needs at least 2 masked copies")
         if self.covers < 0 or self.draws < 0 or (self.covers == 0 and self.draws < 1):
             raise ValueError(f"mask plan needs draws >= 1 or covers >= 1 (got {self})")
         if self.covers and self.draws not in (0, 1):
@@ -64,7 +74,8 @@ class MaskPlan:
 
     def describe(self) -> dict:
         return {"kind": "cover" if self.covers else "random", "draws": 0 if self.covers else self.draws,
-                "covers": self.covers, "copies": self.copies, "seed": self.seed}
+                "covers": self.covers, "copies": self.copies, "seed": self.seed,
+                "estimator": self.estimator}
 
 
 @dataclass

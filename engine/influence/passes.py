@@ -104,6 +104,7 @@ class Scorer:
         _prepare(bundle, device)
         self.collector = SquaredGradCollector(bundle, params, Mode.SCORE, weights=weights,
                                               backend=backend, groups=groups)
+        self.collector.cross = masks is not None and masks.estimator == "cross"
 
     def take_group_mass(self) -> dict[str, float]:
         return self.collector.take_group_mass()

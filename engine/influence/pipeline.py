@@ -31,7 +31,7 @@ RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint
                "subset_size", "subset_fraction", "finetune_epochs", "finetune_lr",
                "finetune_warmup", "finetune_global_batch", "params", "damping", "seed",
                "chunk_size", "precision", "damping_alpha", "exclude_below", "mask_draws",
-               "mask_cover", "mask_seed", "preset")
+               "mask_cover", "mask_seed", "mask_estimator", "preset")
 
 DEFAULT_MASK_COVER = 1   # ℓ(z) = mean MLM loss over one mask cover (7 masks); see docs / bench
 # --preset reference: the public reference code's recipe (one LM-head matrix, absolute 1e-8,
@@ -56,6 +56,7 @@ class ScoreSettings(ModelInputs):
     mask_draws: int | None = None         # K random masks per sample (exclusive with mask_cover)
     mask_cover: int | None = None         # C mask covers (default DEFAULT_MASK_COVER)
     mask_seed: int | None = None          # default: seed
+    mask_estimator: str = "mean"          # "mean" of the copies' gradients, or "cross" term
     preset: str | None = None             # "reference"
     seed: int = 0
     micro_batch_size: int = 16
@@ -98,11 +99,16 @@ def mask_plan(s: ScoreSettings) -> MaskPlan:
     if s.mask_draws is not None:
         if s.mask_draws < 1:
             fail(f"--mask-draws must be >= 1 (got {s.mask_draws})")
-        return MaskPlan(draws=s.mask_draws, seed=seed)
-    cover = DEFAULT_MASK_COVER if s.mask_cover is None else s.mask_cover
-    if cover < 1:
-        fail(f"--mask-cover must be >= 1 (got {cover})")
-    return MaskPlan(covers=cover, seed=seed)
+        plan = dict(draws=s.mask_draws)
+    else:
+        cover = DEFAULT_MASK_COVER if s.mask_cover is None else s.mask_cover
+        if cover < 1:
+            fail(f"--mask-cover must be >= 1 (got {cover})")
+        plan = dict(covers=cover)
+    try:
+        return MaskPlan(**plan, seed=seed, estimator=s.mask_estimator)
+    except ValueError as e:
+        fail(f"--mask-estimator {s.mask_estimator}: {e} (give --mask-draws 2 or more)")
 
 
 def damping_of(s: ScoreSettings) -> Damping:

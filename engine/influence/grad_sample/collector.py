@@ -31,6 +31,14 @@ their positions — a different function; here each copy runs as its own row.) M
 contributions are summed over the K rows; a table whose rows every copy indexes identically
 (learned positions) sums d over the copies first.
 
+Cross-term scores (``cross = True``, SCORE mode, K ≥ 2 copies): instead of ‖Σ_k g_k/K‖²_W, the
+U-statistic (‖Σ_k g_k‖²_W − Σ_k ‖g_k‖²_W) / (K(K−1)) = Σ_{k≠l} ⟨g_k, g_l⟩_W / (K(K−1)), an
+unbiased estimate of ‖E_m g‖²_W for independent masks, without the single-mask noise term
+E‖g‖² − ‖E g‖² that the plain mean of K copies only shrinks by 1/K. Every reduction is done
+twice, once over the joined copies and once per row; the second costs another kernel call per
+layer, never another forward or backward. (Autograd gives each row g_k/K, so the per-sample value
+is K/(K−1) · (‖Σ_k g_k/K‖² − Σ_k ‖g_k/K‖²).) The Fisher is unchanged.
+
 Diagnostics: in SCORE mode ``group_mass[group]`` accumulates Σ_b of each parameter group's part
 of the scores (``groups``: {parameter name: group}).
 """
@@ -59,6 +67,7 @@ class SquaredGradCollector:
                  groups: dict[str, str] | None = None, fisher_store=None):
         self.bundle, self.mode, self.backend = bundle, mode, backend
         self.copies = 1  # masked copies per sample in the current batch (set before backward)
+        self.cross = False  # SCORE mode: the cross-term estimator (set with the copies)
         self.group_of = {id(p): (groups or {}).get(n, "other") for n, p in params}
         self.group_mass: dict[str, float] = {}
         self.model: nn.Module = bundle.module
@@ -78,6 +87,7 @@ class SquaredGradCollector:
         self.scores: torch.Tensor | None = None
         self.squared: dict[str, torch.Tensor] = {}
         self._pending: dict[int, torch.Tensor] = {}
+        self._pending_rows: dict[int, torch.Tensor] = {}   # cross: per-row sums of tied uses
         self._handles: list = []
         self._saved_requires_grad: list[tuple[nn.Parameter, bool]] = []
         self._batch_size: int | None = None
@@ -124,6 +134,7 @@ class SquaredGradCollector:
             p.requires_grad_(rg)
         self._saved_requires_grad.clear()
         self._pending.clear()
+        self._pending_rows.clear()
         return False
 
     def _install(self, name: str, module: nn.Module, rule) -> None:
@@ -180,6 +191,8 @@ class SquaredGradCollector:
                 raise RuntimeError(f"{R} rows is not a whole number of {self.copies} copies")
             self._batch_size = R
             if self.mode is Mode.SCORE:
+                if self.cross and self.copies < 2:
+                    raise RuntimeError("the cross-term score needs at least 2 masked copies")
                 self.scores = torch.zeros(R // self.copies, dtype=torch.float64, device=d.device)
         elif R != self._batch_size:
             raise RuntimeError(f"layer batch size {R} != {self._batch_size}: wrong time_first layout?")
@@ -198,22 +211,40 @@ class SquaredGradCollector:
         K = self.copies
         return g if K == 1 else g.reshape(g.shape[0] // K, K, *g.shape[1:]).sum(1)
 
-    def _score_part(self, p, s: torch.Tensor) -> None:
+    @property
+    def _rows_too(self) -> bool:
+        """Whether per-row (per-copy) reductions are needed beside the per-sample ones."""
+        return self.cross and self.mode is Mode.SCORE
+
+    def _score_part(self, p, s: torch.Tensor, rows: bool = False) -> None:
+        """Add a parameter's per-sample part of the scores; with ``rows``, ``s`` is per row
+        (B·K,): Σ_k ‖g_k/K‖², which the cross-term estimator subtracts."""
         s = s.double()
+        if self.cross:
+            K = self.copies
+            s = s.reshape(-1, K).sum(1) if rows else s
+            s = s * (-K / (K - 1) if rows else K / (K - 1))
         self.scores += s
         g = self.group_of[id(p)]
         self.group_mass[g] = self.group_mass.get(g, 0.0) + s.sum()  # a tensor: no device sync
 
     def linear(self, weight, bias, x, d) -> None:
-        x = self._join_copies(x.reshape(x.shape[0], -1, x.shape[-1]))
-        d = self._join_copies(d.reshape(d.shape[0], -1, d.shape[-1]))
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        d = d.reshape(d.shape[0], -1, d.shape[-1])
+        if self._rows_too:
+            self._linear(weight, bias, x, d, rows=True)
+        self._linear(weight, bias, self._join_copies(x), self._join_copies(d))
+
+    def _linear(self, weight, bias, x, d, rows: bool = False) -> None:
+        """``rows``: x, d are the rows (copies) themselves, reduced per row (cross-term)."""
+        add = self._add_row if rows else self._add_sample
         w_cov, b_cov = self.covers(weight), self.covers(bias)
         fused_w = w_cov and self._uses[id(weight)] == 1 and self.mode is not Mode.PER_SAMPLE
         fused_b = b_cov and self._uses[id(bias)] == 1 and self.mode is not Mode.PER_SAMPLE
         if w_cov and not fused_w:
-            self._add_sample(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
+            add(weight, torch.bmm(d.float().transpose(1, 2), x.float()))
         if b_cov and not (fused_w and fused_b):  # the bias rides along only with a fused weight
-            self._add_sample(bias, d.float().sum(1))
+            add(bias, d.float().sum(1))
         if not fused_w:
             return
         from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm
@@ -229,12 +260,14 @@ class SquaredGradCollector:
             with store.weights(self.names[id(weight)]) as ww, \
                     (store.weights(bias_name) if fused_b else contextlib.nullcontext()) as wb:
                 s = weighted_sq_norm(x, d, ww, bias_weight=wb, backend=self.backend)
-            self._score_part(weight, s)
+            self._score_part(weight, s, rows=rows)
 
     def unique_rows(self, p, idx: torch.Tensor, d: torch.Tensor, skip: int | None) -> None:
         """A table whose row ``idx[b, t]`` gets gradient ``d[b, t]``, every row at most once per
         row of the batch (positions), except ``skip`` (padding) rows, which get none."""
         K = self.copies
+        if self._rows_too:
+            self._unique_rows_per_row(p, idx, d, skip)
         if K > 1:
             idx_k = idx.reshape(idx.shape[0] // K, K, *idx.shape[1:])
             if bool((idx_k == idx_k[:, :1]).all()):
@@ -243,7 +276,7 @@ class SquaredGradCollector:
             else:
                 from .layers import embedding_grad
 
-                self.add(p, embedding_grad(p, idx, d, skip))
+                self._add_sample(p, self._sum_copies(embedding_grad(p, idx, d, skip)))
                 return
         if self.mode is Mode.PER_SAMPLE or self._uses[id(p)] != 1:
             from .layers import embedding_grad
@@ -261,9 +294,34 @@ class SquaredGradCollector:
                 part = (w[idx] * sq).sum((1, 2))
             self._score_part(p, part)
 
+    def _unique_rows_per_row(self, p, idx: torch.Tensor, d: torch.Tensor, skip) -> None:
+        """Cross-term: the per-row (per-copy) part of ``unique_rows``."""
+        if self._uses[id(p)] != 1:
+            from .layers import embedding_grad
+
+            self._add_row(p, embedding_grad(p, idx, d, skip))
+            return
+        sq = d.float().square()
+        if skip is not None:
+            sq = sq * idx.ne(skip).unsqueeze(-1)
+        with self.weight_store.weights(self.names[id(p)]) as w:
+            part = (w[idx] * sq).sum((1, 2))
+        self._score_part(p, part, rows=True)
+
     def add(self, p, g: torch.Tensor) -> None:
         """A materialised per-row gradient contribution (B·K, *p.shape) of parameter ``p``."""
+        if self._rows_too:
+            self._add_row(p, g)
         self._add_sample(p, self._sum_copies(g))
+
+    def _add_row(self, p, g: torch.Tensor) -> None:
+        """Cross-term: a materialised per-row contribution (B·K, *p.shape), kept per row."""
+        if self._uses[id(p)] == 1:
+            self._reduce(p, g, rows=True)
+        elif id(p) in self._pending_rows:
+            self._pending_rows[id(p)] = self._pending_rows[id(p)] + g
+        else:
+            self._pending_rows[id(p)] = g
 
     def _add_sample(self, p, g: torch.Tensor) -> None:
         """A materialised per-sample contribution (B, *p.shape), copies already summed."""
@@ -274,9 +332,13 @@ class SquaredGradCollector:
         else:
             self._pending[id(p)] = g
 
-    def _reduce(self, p, g: torch.Tensor) -> None:
+    def _reduce(self, p, g: torch.Tensor, rows: bool = False) -> None:
         name = self.names[id(p)]
         sq = g.float().square()
+        if rows:
+            with self.weight_store.weights(name) as w:
+                self._score_part(p, (sq * w).flatten(1).sum(1), rows=True)
+            return
         if self.mode is Mode.FISHER:
             with self.fisher_store.target(name) as f:
                 f += sq.sum(0)
@@ -297,6 +359,9 @@ class SquaredGradCollector:
         for pid, g in self._pending.items():
             self._reduce(self.params[self.names[pid]], g)
         self._pending.clear()
+        for pid, g in self._pending_rows.items():
+            self._reduce(self.params[self.names[pid]], g, rows=True)
+        self._pending_rows.clear()
         self._batch_size = None
 
     @property
