@@ -62,6 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mask-draws", type=int, default=None, metavar="K",
                    help="per-sample loss = mean MLM loss over K random 15%% masks instead "
                         "(costs K passes; K = 1 is the single mask of the paper's code)")
+    m.add_argument("--unmasked-loss", action="store_true",
+                   help="per-sample loss = cross-entropy of every residue given the whole, "
+                        "unmasked sequence (one deterministic pass, no mask noise; the "
+                        "wild-type marginal of variant scoring)")
+    g.add_argument("--mask-rate", type=float, default=None, metavar="R",
+                   help="with --mask-draws: the share of residues each random mask hides "
+                        "(default 0.15, the MLM rate)")
     g.add_argument("--mask-estimator", choices=("mean", "cross"), default="mean",
                    help="mean: the score is the weighted squared norm of the mean of the K "
                         "copies' gradients (noise of one mask shrinks only as 1/K); cross: the "

@@ -83,7 +83,8 @@ def test_random_masks_keep_the_15_percent_rule():
 # ---- per-sample gradients of the expected loss --------------------------------------------------
 
 @pytest.mark.parametrize("name", ["rnafm", "esmc"])
-@pytest.mark.parametrize("plan", PLANS, ids=["3draws", "cover"])
+@pytest.mark.parametrize("plan", PLANS + [MaskPlan(unmasked=True), MaskPlan(draws=2, rate=0.3)],
+                         ids=["3draws", "cover", "unmasked", "2draws-rate0.3"])
 def test_multi_mask_per_sample_grads_match_torch_func(name, plan):
     bundle, corpus = _setup(name, n=3, lengths=(4, 20))
     params = trainable_parameters(bundle.module)
@@ -147,6 +148,17 @@ def test_cross_term_scores_match_torch_func(name, plan):
     with mean:
         plain = mean.score_indices(corpus, order)["score"]
     assert not np.allclose(plain, got["score"], rtol=1e-3)
+
+
+def test_unmasked_and_rate_plans():
+    bundle, corpus = _setup("rnafm", n=4, lengths=(10, 40))
+    u = make_batch(corpus, [0, 1], bundle, SEED, masks=MaskPlan(unmasked=True))
+    assert (u.labels != IGNORE).sum() == corpus.lengths[:2].sum() and not (u.tokens == bundle.mask_id).any()
+    r = make_batch(corpus, [2], bundle, SEED, masks=MaskPlan(draws=1, rate=0.3))
+    assert (r.labels != IGNORE).sum() == n_masked(int(corpus.lengths[2]), 0.3)
+    for bad in (dict(unmasked=True, draws=2), dict(covers=1, rate=0.3), dict(draws=1, rate=1.0)):
+        with pytest.raises(ValueError):
+            MaskPlan(**bad)
 
 
 def test_cross_term_needs_two_copies():

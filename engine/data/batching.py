@@ -47,12 +47,17 @@ ESTIMATORS = ("mean", "cross")
 
 @dataclass(frozen=True)
 class MaskPlan:
-    """Which masks define a sample's loss: ``draws`` random masks, or ``covers`` mask covers.
+    """Which masks define a sample's loss: ``draws`` random masks, or ``covers`` mask covers, or
+    none (``unmasked``: the cross-entropy of every residue given the whole, unmasked sequence,
+    the "wild-type marginal" protein LMs use for variant scoring; one deterministic pass).
 
-    ``seed`` is the mask seed (None: the run seed passed to ``make_batch``)."""
+    ``seed`` is the mask seed (None: the run seed passed to ``make_batch``). ``rate``: the share
+    of residues a random draw masks (0.15, the MLM rate; covers always use 1/7)."""
     draws: int = 1
     covers: int = 0
     seed: int | None = None
+    unmasked: bool = False
+    rate: float = MASK_FRACTION
     # how a score is estimated from the K copies' gradients: "mean" squares their mean;
     # "cross" is the unbiased cross-term over pairs of copies (grad_sample.collector)
     estimator: str = "mean"
@@ -66,6 +71,10 @@ class MaskPlan:
             raise ValueError(f"mask plan needs draws >= 1 or covers >= 1 (got {self})")
         if self.covers and self.draws not in (0, 1):
             raise ValueError("give random mask draws or mask covers, not both")
+        if self.unmasked and (self.covers or self.draws != 1):
+            raise ValueError("the unmasked loss takes no mask draws or covers")
+        if not 0 < self.rate < 1 or (self.rate != MASK_FRACTION and (self.covers or self.unmasked)):
+            raise ValueError(f"mask rate {self.rate}: in (0, 1), and for random draws only")
 
     @property
     def copies(self) -> int:
@@ -73,9 +82,10 @@ class MaskPlan:
         return self.covers * COVER_PARTS if self.covers else self.draws
 
     def describe(self) -> dict:
-        return {"kind": "cover" if self.covers else "random", "draws": 0 if self.covers else self.draws,
+        kind = "unmasked" if self.unmasked else "cover" if self.covers else "random"
+        return {"kind": kind, "draws": 0 if self.covers else self.draws,
                 "covers": self.covers, "copies": self.copies, "seed": self.seed,
-                "estimator": self.estimator}
+                "estimator": self.estimator, "rate": self.rate}
 
 
 @dataclass
@@ -100,8 +110,8 @@ def crop_window(seed: int, index: int, length: int, max_residues: int) -> tuple[
     return start, start + max_residues
 
 
-def n_masked(length: int) -> int:
-    return max(1, int(np.floor(MASK_FRACTION * length + 0.5)))
+def n_masked(length: int, rate: float = MASK_FRACTION) -> int:
+    return max(1, int(np.floor(rate * length + 0.5)))
 
 
 def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k: int,
@@ -120,12 +130,13 @@ def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k
     return inputs, labels
 
 
-def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", k: int = 0):
+def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", k: int = 0,
+                  rate: float = MASK_FRACTION):
     """Return (inputs, labels) of random mask ``k`` of one sequence of residue tokens (no BOS/EOS)."""
     L = token_ids.shape[0]
     keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + k * _MASK_STRIDE,
                               hashing.MASK)
-    chosen = np.argsort(keys, kind="stable")[:n_masked(L)]
+    chosen = np.argsort(keys, kind="stable")[:n_masked(L, rate)]
     return _corrupt(seed, index, token_ids, chosen, k, bundle)
 
 
@@ -145,9 +156,11 @@ def cover_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBund
 def sample_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle",
                  plan: MaskPlan):
     """All K masked copies of one sequence under ``plan``: [(inputs, labels)] * K."""
+    if plan.unmasked:      # every residue is a target, nothing is hidden
+        return [(token_ids.copy(), token_ids.astype(np.int64))]
     if plan.covers:
         return [m for c in range(plan.covers) for m in cover_masks(seed, index, token_ids, bundle, c)]
-    return [mask_sequence(seed, index, token_ids, bundle, k) for k in range(plan.draws)]
+    return [mask_sequence(seed, index, token_ids, bundle, k, plan.rate) for k in range(plan.draws)]
 
 
 def tokenize_residues(residues: np.ndarray, bundle: "ModelBundle") -> np.ndarray:

@@ -31,7 +31,8 @@ RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint
                "subset_size", "subset_fraction", "finetune_epochs", "finetune_lr",
                "finetune_warmup", "finetune_global_batch", "params", "damping", "seed",
                "chunk_size", "precision", "damping_alpha", "exclude_below", "mask_draws",
-               "mask_cover", "mask_seed", "mask_estimator", "preset")
+               "mask_cover", "mask_seed", "mask_estimator", "mask_rate", "unmasked_loss",
+               "preset")
 
 DEFAULT_MASK_COVER = 1   # ℓ(z) = mean MLM loss over one mask cover (7 masks); see docs / bench
 # --preset reference: the public reference code's recipe (one LM-head matrix, absolute 1e-8,
@@ -57,6 +58,8 @@ class ScoreSettings(ModelInputs):
     mask_cover: int | None = None         # C mask covers (default DEFAULT_MASK_COVER)
     mask_seed: int | None = None          # default: seed
     mask_estimator: str = "mean"          # "mean" of the copies' gradients, or "cross" term
+    mask_rate: float | None = None        # share of residues a random draw masks (0.15)
+    unmasked_loss: bool = False           # ℓ = CE of every residue of the unmasked sequence
     preset: str | None = None             # "reference"
     seed: int = 0
     micro_batch_size: int = 16
@@ -94,12 +97,18 @@ def mask_plan(s: ScoreSettings) -> MaskPlan:
     seed = s.seed if s.mask_seed is None else s.mask_seed
     if s.preset == "reference":
         return MaskPlan(draws=1, seed=seed)
-    if s.mask_draws is not None and s.mask_cover is not None:
-        fail("give --mask-draws or --mask-cover, not both")
-    if s.mask_draws is not None:
+    if sum([s.mask_draws is not None, s.mask_cover is not None, bool(s.unmasked_loss)]) > 1:
+        fail("give one of --mask-draws, --mask-cover, --unmasked-loss")
+    if s.mask_rate is not None and s.mask_draws is None:
+        fail("--mask-rate applies to --mask-draws (random masks) only")
+    if s.unmasked_loss:
+        plan = dict(unmasked=True)
+    elif s.mask_draws is not None:
         if s.mask_draws < 1:
             fail(f"--mask-draws must be >= 1 (got {s.mask_draws})")
         plan = dict(draws=s.mask_draws)
+        if s.mask_rate is not None:
+            plan["rate"] = s.mask_rate
     else:
         cover = DEFAULT_MASK_COVER if s.mask_cover is None else s.mask_cover
         if cover < 1:
@@ -108,7 +117,8 @@ def mask_plan(s: ScoreSettings) -> MaskPlan:
     try:
         return MaskPlan(**plan, seed=seed, estimator=s.mask_estimator)
     except ValueError as e:
-        fail(f"--mask-estimator {s.mask_estimator}: {e} (give --mask-draws 2 or more)")
+        fail(f"masks: {e} (--mask-estimator cross needs --mask-draws 2 or more; --mask-rate is "
+             "a share in (0, 1))")
 
 
 def damping_of(s: ScoreSettings) -> Damping:

@@ -29,7 +29,8 @@ import numpy as np
 # name -> MaskPlan fields; "x" = the cross-term estimator over the same copies
 ESTIMATORS = {"K1": dict(draws=1), "K2": dict(draws=2), "K2x": dict(draws=2, estimator="cross"),
               "K4x": dict(draws=4, estimator="cross"), "C1": dict(covers=1),
-              "C1x": dict(covers=1, estimator="cross")}
+              "C1x": dict(covers=1, estimator="cross"), "U": dict(unmasked=True),
+              "K1r30": dict(draws=1, rate=0.3), "K2r30": dict(draws=2, rate=0.3)}
 # many-mask references: the mean over 28 copies (what the old default converges to: ‖E g‖² plus
 # the single-mask noise / 28) and the cross-term over the same 28 copies (unbiased for ‖E g‖²)
 REFERENCES = {"C4": dict(covers=4), "C4x": dict(covers=4, estimator="cross"), "C2": dict(covers=2),
