@@ -284,3 +284,15 @@ def test_results_md_end_to_end_from_eval_json(tmp_path):
         [r[-1] for r in _verdict_rows(md)]
     for task in ("rna-type", "mlm"):
         assert (tmp_path / "plots" / f"{task}.png").stat().st_size > 1000
+
+
+def test_plan_comparisons_cci_against_other_selections_and_score_definition():
+    arms = [R.Arm(n, s, r) for n, s, r in [
+        ("full", "full", 1.0), ("random@1%", "random", 0.01), ("cci@1%", "cci", 0.01),
+        ("topk@1%", "topk", 0.01), ("cci_1mask@1%", "cci_1mask", 0.01),
+        ("topk_1mask@1%", "topk_1mask", 0.01), ("cluster@1%", "cluster", 0.01),
+        ("cci@2%", "cci", 0.02)]]
+    comps, _ = R.plan_comparisons(arms, {"base_rate": 0.01, "random_multiples": []})
+    others = {(c.a, c.b) for c in comps if c.family == R.FAMILY_OTHERS}
+    assert others == {("cci@1%", "topk@1%"), ("cci@1%", "cluster@1%"),
+                      ("cci@1%", "cci_1mask@1%"), ("topk@1%", "topk_1mask@1%")}

@@ -51,6 +51,12 @@ MLM_TASK, MLM_HEADLINE_METRIC = "mlm", "loss"
 FAMILY_SAME_RATE = "Strategy vs Random at the same rate"
 FAMILY_MULTIPLES = "CCI at the base rate vs Random at larger rates"
 FAMILY_FULL = "Every arm vs Full"
+FAMILY_OTHERS = "CCI vs the other selections, and the score definition"
+# (a, b) strategy pairs compared at every rate both have: CCI against Top-I, CCI w/o ft and the
+# MMseqs2 baseline (the paper's ablations), and each score-based strategy on the default score
+# against the same strategy on the single-mask score (what the score definition does downstream)
+OTHER_PAIRS = [("cci", "topk"), ("cci", "cci_woft"), ("cci", "cluster"), ("cci", "cci_1mask"),
+               ("topk", "topk_1mask")]
 
 
 def lower_is_better(metric: str) -> bool:
@@ -197,7 +203,8 @@ def plan_comparisons(arms: list[Arm], selection: dict) -> tuple[list[Comparison]
     """The verdict comparisons present in ``arms`` and notes on those skipped:
     every non-random strategy against Random at the same rate; CCI at ``base_rate`` against
     Random at each of ``random_multiples`` × the base rate (Full when that reaches the whole
-    corpus); every trained arm against Full."""
+    corpus); CCI against Top-I / CCI w/o ft / clusters and each score-based strategy against its
+    single-mask twin at the same rate (``OTHER_PAIRS``); every trained arm against Full."""
     by_name = {a.name: a for a in arms}
     out: list[Comparison] = []
     notes: list[str] = []
@@ -226,6 +233,13 @@ def plan_comparisons(arms: list[Arm], selection: dict) -> tuple[list[Comparison]
                     out.append(Comparison(FAMILY_MULTIPLES, q, cci, target))
                 else:
                     notes.append(f"{FAMILY_MULTIPLES}: {q} skipped, no `{target}` arm")
+    for sa, sb in OTHER_PAIRS:
+        for a in arms:
+            other = arm_name(sb, a.rate)
+            if a.strategy == sa and other in by_name:
+                out.append(Comparison(FAMILY_OTHERS,
+                                      f"{arm_label(a)} beats {arm_label(by_name[other])}",
+                                      a.name, other))
     if "full" in by_name:
         for a in arms:
             if a.strategy not in ("full", "init"):
