@@ -4,6 +4,7 @@ through scoring, pretraining and export (``from_pretrained`` round trip), 1 vs 2
 The per-sample gradient, batching and λ → 0 identities of ESM-2 run in test_grad_sample.py and
 test_scoring.py (parametrised over every family)."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -88,6 +89,19 @@ def test_export_loads_with_from_pretrained_and_back(tmp_path):
     assert again.name == "esm2" and again.size == "tiny"
     for (n, a), (_, b) in zip(bundle.module.state_dict().items(), again.module.state_dict().items()):
         assert torch.equal(a, b), n
+    # evaluate.py --run takes such an export as a pretraining output (its config.json keeps our
+    # model/size as bioprune_model/bioprune_size) and refuses another size by name
+    from bioprune.launch.evaluate import main as evaluate
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "export").rename(tmp_path / "run" / "final")
+    seqs = tmp_path / "p.fasta"
+    seqs.write_text(">a\nMKTAYIAKQRQISFVKSHFSRQ\n>b\nMVLSPADKTNVKAAWGKVGAHAG\n")
+    base = ["--model", "esm2", "--run", str(tmp_path / "run"), "--tasks", "mlm", "--mlm-data",
+            str(seqs), "--mlm-all", "--probe-seeds", "1", "--no-progress"]
+    assert evaluate([*base, "--model-size", "tiny", "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["tasks"]["mlm"]["n_test"] == 2
+    assert evaluate([*base, "--model-size", "8m", "--out", str(tmp_path / "ev2")]) == 2
 
 
 def test_esm2_scores_same_on_one_and_two_ranks_then_pretrain_exports_hf(tmp_path):

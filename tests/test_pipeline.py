@@ -54,6 +54,8 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert m["score_contributions"]["positional_embeddings"] < 0.5
     assert -1 <= m["length_spearman"] <= 1
     assert m["corpus"]["stats"]["ambiguity_codes"]  # bpRNA rows carry IUPAC codes
+    assert len(m["corpus"]["content_digest"]) == 32   # the scored corpus's identity (BLAKE2b-128)
+    assert m["masks"]["estimator"] == "mean"
     subset = np.load(out / "subset.npy")
     assert subset.dtype == np.int64 and len(np.unique(subset)) == 32
     s = read_scores(out / "scores")

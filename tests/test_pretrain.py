@@ -51,6 +51,25 @@ def test_pretrain_rejects_indices_outside_corpus(tmp_path):
     assert p.returncode == 2 and "outside the corpus of 10" in p.stderr
 
 
+def test_pretrain_refuses_a_coreset_selected_on_another_corpus(tmp_path):
+    """Indices are corpus positions: the same records in another order pass the range checks,
+    so the coreset's selection.json carries the scored corpus's digest and pretrain compares."""
+    from bioprune.engine.data.corpus import load_corpus
+
+    files = small_corpus(tmp_path, n_fasta=6, n_csv=6)
+    sel = tmp_path / "sel"
+    sel.mkdir()
+    np.save(sel / "coreset.npy", np.array([0, 3, 5], dtype=np.int64))
+    digest = load_corpus(files, "rna", tmp_path / "c").content_digest()
+    (sel / "selection.json").write_text(json.dumps({"corpus_digest": digest}))
+    args = ["--indices", str(sel / "coreset.npy"), "--model", "rnafm", "--model-size", "tiny",
+            "--max-length", "32", "--steps", "1", "--heldout-size", "1"]
+    p = run("pretrain.py", ["--data", *files[::-1], *args, "--out", str(tmp_path / "o")],
+            check=False)
+    assert p.returncode == 2 and "selected on another corpus" in p.stderr and digest in p.stderr
+    run("pretrain.py", ["--data", *files, *args, "--out", str(tmp_path / "ok")])   # the scored one
+
+
 def _final_state(out) -> dict:
     from safetensors.torch import load_file
 

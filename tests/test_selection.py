@@ -415,6 +415,23 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
     msg = _cli_error(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
                       "--out", str(tmp_path / "sel3"), "--data", str(small)], capsys)
     assert "has 1,000 records but the scores have n = 1,200" in msg
+    # the same records in another order: same count, other corpus positions -> refused
+    from bioprune.engine.data.corpus import load_corpus
+
+    digest = load_corpus([str(fa)], "rna", tmp_path / "cache").content_digest()
+    (run / "manifest.json").write_text(json.dumps({"corpus": {
+        "paths": [str(fa)], "molecule": "rna", "column": "sequence",
+        "cache_dir": str(tmp_path / "cache"), "content_digest": digest}}))
+    records = fa.read_text().split(">")[1:]
+    shuffled = tmp_path / "shuffled.fasta"
+    shuffled.write_text("".join(">" + r for r in records[1:] + records[:1]))
+    msg = _cli_error(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
+                      "--out", str(tmp_path / "sel4"), "--data", str(shuffled)], capsys)
+    assert "not its sequences in the same order" in msg and digest in msg
+    assert not (tmp_path / "sel4" / "coreset.fasta").exists()
+    # the scored corpus itself still passes, its digest read back from the cache's sidecar
+    assert cli.main(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
+                     "--out", str(tmp_path / "sel5"), "--data", str(fa), "--no-plot"]) == 0
 
 
 def test_select_from_scores(run_dir):

@@ -47,6 +47,9 @@ __all__ = [
 ]
 
 
+DIGEST = "content_digest.json"   # beside corpus.json: the cached content digest
+
+
 class Corpus:
     """Read-only, memory-mapped view of a built corpus directory."""
 
@@ -130,6 +133,35 @@ class Corpus:
     @property
     def total_residues(self) -> int:
         return int(self._meta["total_residues"])
+
+    def content_digest(self) -> str:
+        """BLAKE2b of the normalised sequences in corpus order (lengths, then residues): the
+        corpus's identity for later stages, whatever its file names, formats or ids. The same
+        records in another order, or one residue changed, give another digest. Computed once per
+        cache (a streaming pass over the memory-mapped residues) and kept in ``DIGEST``."""
+        import hashlib
+
+        key = {"n_records": len(self), "total_residues": self.total_residues,
+               "inputs": self._meta.get("inputs")}
+        path = self.root / DIGEST
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == json.loads(json.dumps(key)):
+                return saved["blake2b"]
+        except (OSError, ValueError):
+            pass
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.ascontiguousarray(self._len, dtype="<i4").tobytes())
+        step = 1 << 26
+        for start in range(0, self.total_residues, step):
+            h.update(memoryview(np.ascontiguousarray(self._res[start:start + step])))
+        digest = h.hexdigest()
+        try:
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps({"key": key, "blake2b": digest}))
+        except OSError:   # a read-only cache: recompute next time
+            pass
+        return digest
 
     @property
     def lengths(self) -> np.ndarray:

@@ -54,10 +54,13 @@ def load_encoder(s: EvalSettings):
             if not run.is_dir():
                 raise EvalError(f"--run {s.run}: no such directory")
             d = find_run_weights(run)
-            cfg = json.loads((d / "config.json").read_text())
-            if (cfg.get("model"), cfg.get("size")) != (s.model, s.model_size):
-                raise EvalError(f"--run {s.run}: {d / 'config.json'} is {cfg.get('model')} "
-                                f"{cfg.get('size')}, not --model {s.model} --model-size {s.model_size}")
+            from bioprune.engine.models.checkpoint import saved_model_kind
+
+            model, size = saved_model_kind(json.loads((d / "config.json").read_text()))
+            # an hf: directory has no size of ours; its architecture is the directory itself
+            if model != s.model or (model != "hf" and size != s.model_size):
+                raise EvalError(f"--run {s.run}: {d / 'config.json'} is {model} {size}, not "
+                                f"--model {s.model} --model-size {s.model_size}")
             bundle = load_saved_model(d)
             info = {"source": "run", "path": str(d.absolute())}
     except EvalError:

@@ -183,7 +183,8 @@ def _load_corpus(run: _Run) -> None:
     if run.manifest:
         run.manifest.set("corpus", {"paths": s.data, "molecule": run.bundle.molecule,
                                     "column": s.column, "id_column": s.id_column,
-                                    "cache_dir": str(cache), "stats": run.corpus.stats})
+                                    "cache_dir": str(cache), "stats": run.corpus.stats,
+                                    "content_digest": run.corpus.content_digest()})
         run.manifest.count(sequences=n, cropped=int((run.corpus.lengths > run.max_res).sum()),
                            max_residues=run.max_res,
                            rejected_records=int(run.corpus.stats.get("rejected", 0)))

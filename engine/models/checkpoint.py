@@ -142,6 +142,15 @@ def save_state(state: dict, config: dict, directory: str | Path, bundle=None) ->
     return directory
 
 
+def saved_model_kind(config: dict) -> tuple[str | None, str | None]:
+    """(model, size) of a saved model's config.json: ours write ``model`` / ``size``; a Hugging
+    Face directory written by ``save_state`` keeps them as ``bioprune_model`` / ``bioprune_size``
+    beside the transformers config."""
+    if "bioprune_model" in config:
+        return config["bioprune_model"], config.get("bioprune_size")
+    return config.get("model"), config.get("size")
+
+
 def load_saved_model(directory: str | Path):
     from bioprune.engine.models import build_model
 

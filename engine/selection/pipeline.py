@@ -86,6 +86,9 @@ def run_selection(s: SelectSettings) -> SelectionResult:
                                 hard_cutoff=s.hard_cutoff, strata=s.strata, seed=s.seed,
                                 validate=not s.no_validate, hist_bins=s.hist_bins)
     report, err = result.report, None
+    digest = corpus_settings(s)["content_digest"]
+    if digest:   # the coreset's indices are positions in this corpus; pretrain checks it
+        report["corpus_digest"] = digest
     if comm.rank == 0:
         try:
             if corpus is not None:
@@ -144,6 +147,7 @@ def corpus_settings(s: SelectSettings) -> dict:
         "id_column": s.id_column if s.id_column is not None else m.get("id_column"),
         "cache_dir": cache,
         "on_invalid": (m.get("stats") or {}).get("on_invalid", "error"),
+        "content_digest": m.get("content_digest"),   # of the corpus that was scored
     }
 
 
@@ -163,6 +167,14 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
         if len(corpus) != n:
             err = (f"the corpus ({', '.join(map(str, c['paths']))}) has {len(corpus):,} records "
                    f"but the scores have n = {n:,}: not the corpus that was scored")
+        elif c["content_digest"] and corpus.content_digest() != c["content_digest"]:
+            # same count, other content: other records, or the same ones in another order
+            # (a score and a coreset index are corpus positions; they would name other records)
+            err = (f"the corpus ({', '.join(map(str, c['paths']))}) has the scored run's "
+                   f"{n:,} records' count but not its sequences in the same order (content "
+                   f"digest {corpus.content_digest()} vs {c['content_digest']} in "
+                   f"{Path(s.scores).absolute().parent / 'manifest.json'}): give --data the "
+                   "files the scores were computed on, in the same order")
     except Exception as e:  # noqa: BLE001 - CorpusError and friends, on every rank
         err = f"cannot open the corpus: {e}"
     raise_together(comm, err, ScoresError)

@@ -12,6 +12,7 @@ Collective: every rank calls :func:`run_pretraining` with the same settings.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,11 @@ class PretrainSettings(ModelInputs):
     deepspeed_config: str | None = None
 
 
-def read_indices(path: str, n: int) -> np.ndarray:
-    """A 1-D array of distinct corpus indices in [0, n), or a UsageError naming the problem."""
+def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
+    """A 1-D array of distinct corpus indices in [0, n), or a UsageError naming the problem.
+    A coreset written by select_coreset.py carries the content digest of the scored corpus in
+    the ``selection.json`` beside it: with ``corpus`` given it must match (the same records in
+    another order would pass every other check and train on the wrong sequences)."""
     from bioprune.engine.io.run_identity import load_indices
 
     idx = load_indices(path)
@@ -56,6 +60,16 @@ def read_indices(path: str, n: int) -> np.ndarray:
              f"(first: {bad[:5].tolist()}); was it made from the same --data?")
     if len(np.unique(idx)) != len(idx):
         fail(f"--indices {path}: repeated corpus indices")
+    sel = Path(path).absolute().parent / "selection.json"
+    if corpus is not None and sel.is_file():
+        try:
+            want = json.loads(sel.read_text()).get("corpus_digest")
+        except (OSError, ValueError):
+            want = None
+        if want and corpus.content_digest() != want:
+            fail(f"--indices {path}: selected on another corpus than --data (content digest "
+                 f"{want} in {sel}, {corpus.content_digest()} here: other records, or the same "
+                 "in another order); give --data the files that were scored, in that order")
     return idx
 
 
@@ -74,7 +88,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
     zero_config = ds_config(s.zero_stage, s.deepspeed_config, s.offload)
     bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out, zero_config)
     n = len(corpus)
-    train_idx = np.arange(n, dtype=np.int64) if s.indices is None else read_indices(s.indices, n)
+    train_idx = (np.arange(n, dtype=np.int64) if s.indices is None
+                 else read_indices(s.indices, n, corpus))
     heldout = heldout_indices(n, s.heldout_size, s.seed)
     overlap = np.isin(train_idx, heldout)
     train_idx = np.sort(train_idx[~overlap]).astype(np.int64)
