@@ -123,6 +123,6 @@ def test_calibration_and_known_truth_configs_plan():
     assert cal["corpus"]["calibrate"] and {a["strategy"] for a in arms(cal)} == {"full", "random", "init"}
     planted = load_config(ROOT / "configs" / "experiments" / "rna-planted.toml")
     assert planted["corpus"]["planted"]["file"] in planted["corpus"]["files"]
-    assert {"random@1%", "cci@1%", "topk@1%", "cluster@1%"} <= {a["name"] for a in arms(planted)}
+    assert {"random@1%", "cci@1%", "cluster@1%"} <= {a["name"] for a in arms(planted)}
     for name in ("protein-1pct", "protein-calibrate"):
         assert load_config(ROOT / "configs" / "experiments" / f"{name}.toml")["molecule"] == "protein"
