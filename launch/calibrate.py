@@ -15,7 +15,6 @@ verdict config.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import sys
@@ -61,7 +60,7 @@ def point_dir(out: Path, point: dict) -> Path:
 def summarize(study_dir: Path, point: dict) -> dict | None:
     """One grid point's row: held-out MLM loss of Full, Random (smallest rate), floor; the gate's
     two paired checks; the pretraining wall time of one Full run."""
-    from bioprune.engine.experiments.report import index_rows, mean_se, paired, read_rows
+    from bioprune.engine.experiments.report import gate, index_rows, mean_se, paired, read_rows
 
     if not (study_dir / "results.csv").exists():
         return None
@@ -86,21 +85,16 @@ def summarize(study_dir: Path, point: dict) -> dict | None:
     walls = [json.loads(m.read_text())["wall_s"]
              for m in (study_dir / "arms" / "full").glob("s*/pretrain/_DONE.json")]
     row["full_pretrain_s"] = round(sum(walls) / len(walls), 1) if walls else None
-    row["gate"] = ("passes" if min(row.get("full_vs_random_z", 0), row.get("full_vs_floor_z", 0))
-                   >= 3 else "fails")
+    # the study's own held-out MLM gate, on the calibration arms
+    row["gate"] = "passes" if gate(full, floor, False, small, need_random=True).passed else "fails"
     return row
 
 
 def write_table(rows: list[dict], results: Path) -> None:
-    from bioprune.engine.io.atomic import atomic_path, write_text
+    from bioprune.engine.io.atomic import write_rows_csv, write_text
 
     results.mkdir(parents=True, exist_ok=True)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(results / "sweep.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
+    write_rows_csv(results / "sweep.csv", rows)
 
     def num(v, fmt):
         return "—" if v is None or v != v else format(v, fmt)

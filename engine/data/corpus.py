@@ -207,8 +207,12 @@ class Corpus:
     def source(self, i: int) -> tuple[str, int]:
         """(input path, 1-based record number within that input) of corpus index ``i``."""
         i = self._index(i)
-        k = int(np.searchsorted(self._file_starts, i, side="right") - 1)
+        k = int(self.file_of(i))
         return self.paths[k], i - int(self._file_starts[k]) + 1
+
+    def file_of(self, indices) -> np.ndarray:
+        """The input (0-based position in ``paths``) each corpus index comes from."""
+        return np.searchsorted(self._file_starts, indices, side="right") - 1
 
     def file_range(self, k: int) -> tuple[int, int]:
         """Corpus indices [start, stop) of the k-th input."""

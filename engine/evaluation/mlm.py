@@ -82,8 +82,7 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
     max_res = min(int(max_len or bundle.max_residues), bundle.max_residues)
     mask_seed = seed if s.mlm_mask_seed is None else int(s.mlm_mask_seed)
     names = group_names(paths)
-    groups = np.searchsorted([corpus.file_range(k)[0] for k in range(len(paths))], indices,
-                             side="right") - 1
+    groups = corpus.file_of(indices)
     return TaskData("mlm", "mlm", [], [], [], [], "mlm", {
         "data": [str(p) for p in paths], "corpus_size": n, "indices": ind_src,
         "n_heldout_total": int(total), "n_train": 0, "n_test": int(len(indices)),
@@ -119,7 +118,7 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
     bar = tqdm(total=len(order) * len(task.info["mask_seeds"]), desc="mlm", unit="seq",
                disable=not progress, leave=False)
     for ms in task.info["mask_seeds"]:
-        acc = np.zeros(4)
+        acc = np.zeros(2)           # token-summed cross-entropy, masked tokens
         per_sample = np.zeros(len(order))
         for st in range(0, len(order), s.embed_batch_size):
             b = make_batch(corpus, order[st:st + s.embed_batch_size], bundle, task.info["crop_seed"],
@@ -128,11 +127,11 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
             loss = per_sample_loss(logits, b.labels)
             ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b.labels.flatten(),
                                                    ignore_index=IGNORE, reduction="sum")
-            acc += [loss.sum().item(), len(loss), ce.item(), (b.labels != IGNORE).sum().item()]
+            acc += [ce.item(), (b.labels != IGNORE).sum().item()]
             per_sample[st:st + len(loss)] = loss.double().cpu().numpy()
             bar.update(len(loss))
-        losses.append(acc[0] / max(acc[1], 1))
-        ppls.append(math.exp(acc[2] / max(acc[3], 1)))
+        losses.append(float(per_sample.mean()) if len(per_sample) else 0.0)
+        ppls.append(math.exp(acc[0] / max(acc[1], 1)))
         means = [float(per_sample[group == g].mean()) for g in present]
         for g, m in zip(present, means):
             by_group[f"loss@{names[g]}"].append(m)

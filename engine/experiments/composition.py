@@ -8,13 +8,12 @@ deterministic strategy) and the numbers are averaged over seeds.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
-from bioprune.engine.io.atomic import atomic_path
+from bioprune.engine.io.atomic import write_rows_csv
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -70,14 +69,8 @@ def composition(study) -> list[dict]:
 
 
 def write_composition(rows: list[dict], path: Path) -> None:
-    if not rows:
-        return
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
+    if rows:
+        write_rows_csv(path, rows)
 
 
 def markdown(rows: list[dict]) -> str:

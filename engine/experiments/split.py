@@ -76,8 +76,7 @@ def make_split(cfg: dict, files: list[str], src, data_dir: Path) -> dict:
     c = cfg["corpus"]
     n = len(src)
     names = group_names(files)
-    file_of = np.searchsorted([src.file_range(k)[0] for k in range(len(files))], np.arange(n),
-                              side="right") - 1
+    file_of = src.file_of(np.arange(n))
     planted = c["planted"] if c["planted"]["file"] else {}
     if planted:
         held = _balanced_heldout(src, len(files), int(planted["heldout_per_file"]),

@@ -43,6 +43,7 @@ from bioprune.engine.experiments.config import budget as rate_budget
 from bioprune.engine.io.atomic import save_npy, write_json
 
 MARKER = "_DONE.json"
+DETERMINISTIC = ("topk", "topk_1mask")   # selections that depend on no seed
 CLAIM = ".claimed"          # an evaluation taken by an --evaluate-only worker
 
 
@@ -182,19 +183,19 @@ class Study:
         for arm in all_arms:
             s, r, name = arm["strategy"], arm["rate"], arm["name"]
             adir = self.out / "arms" / name
-            if s in ("topk", "topk_1mask"):   # deterministic: one selection serves every seed
+            if s in DETERMINISTIC:   # one selection serves every seed
                 steps.append(Step(f"{name}/select", "select", adir / "select",
                                   self._selector(arm, adir / "select", 0), est["select_s"]))
             for seed in seeds:
                 sdir = adir / f"s{seed}"
-                if s not in ("full", "init", "topk", "topk_1mask"):
+                if s not in ("full", "init", *DETERMINISTIC):
                     sel = adir / f"select-s{seed}"
                     steps.append(Step(f"{name}/select-s{seed}", "select", sel,
                                       self._selector(arm, sel, seed),
                                       est["select_s"] if s != "cluster" else 1.0))
                 if s != "init":
                     idx = (None if s == "full" else
-                           (adir / "select" if s.startswith("topk") else adir / f"select-s{seed}")
+                           (adir / "select" if s in DETERMINISTIC else adir / f"select-s{seed}")
                            / "coreset.npy")
                     n_arm = n_est if s == "full" else rate_budget(r, n_est)
                     steps.append(Step(f"{name}/s{seed}/pretrain", "pretrain", sdir / "pretrain",

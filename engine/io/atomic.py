@@ -65,6 +65,18 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def write_rows_csv(path, rows: list[dict]) -> None:
+    """Rows of dicts as CSV, atomically; the columns are every key in order of first appearance."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def save_npy(path, array) -> None:
     import numpy as np
 

@@ -167,12 +167,12 @@ def _open_corpus(s: SelectSettings, n: int, comm: Comm):
         if len(corpus) != n:
             err = (f"the corpus ({', '.join(map(str, c['paths']))}) has {len(corpus):,} records "
                    f"but the scores have n = {n:,}: not the corpus that was scored")
-        elif c["content_digest"] and corpus.content_digest() != c["content_digest"]:
+        elif c["content_digest"] and (here := corpus.content_digest()) != c["content_digest"]:
             # same count, other content: other records, or the same ones in another order
             # (a score and a coreset index are corpus positions; they would name other records)
             err = (f"the corpus ({', '.join(map(str, c['paths']))}) has the scored run's "
                    f"{n:,} records' count but not its sequences in the same order (content "
-                   f"digest {corpus.content_digest()} vs {c['content_digest']} in "
+                   f"digest {here} vs {c['content_digest']} in "
                    f"{Path(s.scores).absolute().parent / 'manifest.json'}): give --data the "
                    "files the scores were computed on, in the same order")
     except Exception as e:  # noqa: BLE001 - CorpusError and friends, on every rank

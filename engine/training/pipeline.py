@@ -66,9 +66,9 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
             want = json.loads(sel.read_text()).get("corpus_digest")
         except (OSError, ValueError):
             want = None
-        if want and corpus.content_digest() != want:
+        if want and (here := corpus.content_digest()) != want:
             fail(f"--indices {path}: selected on another corpus than --data (content digest "
-                 f"{want} in {sel}, {corpus.content_digest()} here: other records, or the same "
+                 f"{want} in {sel}, {here} here: other records, or the same "
                  "in another order); give --data the files that were scored, in that order")
     return idx
 

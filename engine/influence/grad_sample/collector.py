@@ -283,16 +283,22 @@ class SquaredGradCollector:
 
             self._add_sample(p, embedding_grad(p, idx, d, skip))
             return
-        sq = d.float().square()
-        if skip is not None:
-            sq = sq * idx.ne(skip).unsqueeze(-1)
         if self.mode is Mode.FISHER:
+            sq = self._masked_square(idx, d, skip)
             with self.fisher_store.target(self.names[id(p)]) as f:
                 f.index_add_(0, idx.reshape(-1), sq.reshape(-1, sq.shape[-1]))
         else:
-            with self.weight_store.weights(self.names[id(p)]) as w:
-                part = (w[idx] * sq).sum((1, 2))
-            self._score_part(p, part)
+            self._score_part(p, self._weighted_rows(p, idx, d, skip))
+
+    @staticmethod
+    def _masked_square(idx: torch.Tensor, d: torch.Tensor, skip) -> torch.Tensor:
+        sq = d.float().square()
+        return sq * idx.ne(skip).unsqueeze(-1) if skip is not None else sq
+
+    def _weighted_rows(self, p, idx: torch.Tensor, d: torch.Tensor, skip) -> torch.Tensor:
+        """Σ_t w[idx_bt] · d_bt² per row b of a unique-rows table (its score part)."""
+        with self.weight_store.weights(self.names[id(p)]) as w:
+            return (w[idx] * self._masked_square(idx, d, skip)).sum((1, 2))
 
     def _unique_rows_per_row(self, p, idx: torch.Tensor, d: torch.Tensor, skip) -> None:
         """Cross-term: the per-row (per-copy) part of ``unique_rows``."""
@@ -301,12 +307,7 @@ class SquaredGradCollector:
 
             self._add_row(p, embedding_grad(p, idx, d, skip))
             return
-        sq = d.float().square()
-        if skip is not None:
-            sq = sq * idx.ne(skip).unsqueeze(-1)
-        with self.weight_store.weights(self.names[id(p)]) as w:
-            part = (w[idx] * sq).sum((1, 2))
-        self._score_part(p, part, rows=True)
+        self._score_part(p, self._weighted_rows(p, idx, d, skip), rows=True)
 
     def add(self, p, g: torch.Tensor) -> None:
         """A materialised per-row gradient contribution (B·K, *p.shape) of parameter ``p``."""
