@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bioprune.engine.data.corpus import load_corpus
+from bioprune.engine.runtime.hashing import SELECT, hash_keys
 from bioprune.engine.selection.cluster import (cluster_order, mmseqs_clusters, select_cluster,
                                                select_from_clusters)
 from pipeline_utils import data_dir
@@ -73,18 +74,32 @@ def test_budget_exact_reps_first(corpus, clustered, frac):
 def test_order_rule_on_a_known_table():
     # clusters: {0,1,2} (rep 0), {3,4} (rep 4), {5} (rep 5)
     rep = np.array([0, 0, 0, 4, 4, 5])
-    order = cluster_order(rep, seed=0)
-    assert sorted(order.tolist()) == list(range(6))
-    assert order[0] == 0 and order[1] == 4           # largest cluster's rep first, then next
-    assert order[2] == 5                              # every rep before any second member
-    assert set(order[3:5].tolist()) == {1, 3}         # second members, largest cluster first
-    assert order[3] == 1 and order[5] == 2
+    for seed in range(4):
+        order = cluster_order(rep, seed=seed)
+        assert sorted(order.tolist()) == list(range(6))
+        reps = np.array([0, 4, 5])
+        want_round1 = reps[np.argsort(hash_keys(seed, reps, SELECT), kind="stable")]
+        assert order[:3].tolist() == want_round1.tolist()      # every rep, in hashed order
+        second = {0: 1 if hash_keys(seed, np.array([1]), SELECT)[0]
+                  < hash_keys(seed, np.array([2]), SELECT)[0] else 2, 4: 3}
+        assert set(order[3:5].tolist()) == set(second.values())  # then one more per cluster
+        assert order[5] == ({1, 2} - {second[0]}).pop()         # the big cluster's third
     idx, rpt = select_from_clusters(rep, 3, seed=0)
     assert idx.tolist() == [0, 4, 5] and rpt["representatives_selected"] == 3
     with pytest.raises(ValueError):
         select_from_clusters(rep, 7)
     with pytest.raises(ValueError):
         select_from_clusters(rep, 0)
+
+
+def test_clusters_are_drawn_uniformly_not_by_size():
+    """With a budget below the number of clusters, a huge cluster is no likelier to be picked
+    than a singleton (preferring large clusters would keep exactly the redundancy the baseline
+    should thin out)."""
+    big = 60
+    rep = np.r_[np.zeros(big, np.int64), np.arange(big, big + 9)]   # 1 cluster of 60 + 9 singles
+    picks_big = sum(int(select_from_clusters(rep, 1, seed=s)[0][0] == 0) for s in range(1000))
+    assert 60 <= picks_big <= 140        # 1/10 of 1000 draws, binomial sd ~9.5
 
 
 def test_select_launcher_cluster_strategy_matches_the_function(tmp_path, corpus, clustered):
@@ -109,3 +124,28 @@ def test_select_launcher_cluster_strategy_matches_the_function(tmp_path, corpus,
     report = json.loads((tmp_path / "sel" / "selection.json").read_text())
     assert report["strategy"] == "cluster" and report["selected"] == 25
     assert (tmp_path / "sel" / "coreset.fasta").read_text().count(">") == 25
+
+
+@pytest.mark.parametrize("strategy", ["cci", "topk", "random"])
+def test_selection_among_representatives_matches_brute_force(strategy):
+    """Dedup, then select: only cluster representatives, one per cluster, and exactly the
+    brute-force selection over the representatives' scores (positions among them as indices)."""
+    from test_selection_reference import ref_select
+
+    from bioprune.engine.selection.cluster import select_among_representatives
+
+    rng = np.random.default_rng(7)
+    n = 3000
+    rep = np.arange(n)
+    rep[1500:] = rng.integers(0, 300, n - 1500)       # half the corpus: copies of 300 parents
+    score = rng.gamma(2.0, 1.0, n)
+    perm = rng.permutation(n)                          # scores in part order, not index order
+    idx, report = select_among_representatives(rep, perm, score[perm], strategy, 200, seed=3,
+                                               strata=20)
+    reps = np.flatnonzero(rep == np.arange(n))
+    assert len(reps) == 1500 and report["representatives"] == 1500
+    want = np.sort(reps[ref_select(np.arange(len(reps)), score[reps], strategy, 200, 0.05, 20, 3)])
+    np.testing.assert_array_equal(idx, want)
+    assert (rep[idx] == idx).all() and len(np.unique(rep[idx])) == 200
+    with pytest.raises(ValueError, match="exactly once"):
+        select_among_representatives(rep, perm[:-1], score[perm][:-1], strategy, 200)

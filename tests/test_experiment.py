@@ -101,6 +101,30 @@ def test_rerun_with_other_settings_is_refused(quick):
               "--dry-run"])
 
 
+def test_rerun_may_add_or_leave_out_strategies(quick, capsys):
+    """Arms may be added or left out (selection.strategies); nothing else about the finished
+    arms changes, so the rerun is allowed and says so."""
+    out = _run(quick, ["--set", 'selection.strategies=["random","cci"]', "--dry-run"], capsys)
+    assert "strategies changed" in out
+    out = _run(quick, ["--dry-run"], capsys)      # back to the config's own strategies
+    assert "strategies changed" in out and " 0 to run" in out
+
+
+def test_planted_plan_has_dedup_then_cci():
+    """The known-truth configuration: CCI on cluster representatives beside plain CCI, plain
+    clusters and Random at 1 %, each compared with those three."""
+    from bioprune.engine.experiments.report import Arm, plan_comparisons
+
+    cfg = load_config(ROOT / "configs" / "experiments" / "rna-planted.toml")
+    names = {a["name"] for a in arms(cfg)}
+    assert {"cci_dedup@1%", "cci@1%", "cluster@1%", "random@1%", "full", "init"} <= names
+    comps, _ = plan_comparisons([Arm(a["name"], a["strategy"], a["rate"]) for a in arms(cfg)],
+                                cfg["selection"])
+    pairs = {(c.a, c.b) for c in comps}
+    assert {("cci_dedup@1%", "random@1%"), ("cci_dedup@1%", "cci@1%"),
+            ("cci_dedup@1%", "cluster@1%")} <= pairs
+
+
 def test_rna_1pct_plan():
     """The verdict configuration: the paper's rates, Random at 2x / 10x of the base, 3 seeds,
     every question's arm, two arms at a time, every arm scored on the whole held-out set."""

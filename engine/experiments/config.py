@@ -60,14 +60,17 @@ DEFAULTS: dict = {
 
 # strategy names as they appear in results.csv, and the plot / table order
 STRATEGIES = ["full", "random", "topk", "cci", "cci_woft", "topk_1mask", "cci_1mask", "cluster",
-              "init"]
+              "cci_dedup", "init"]
 LABELS = {"full": "Full", "random": "Random", "topk": "Top-I", "cci": "CCI",
           "cci_woft": "CCI w/o ft", "topk_1mask": "Top-I (1 mask)", "cci_1mask": "CCI (1 mask)",
-          "cluster": "MMseqs2 cluster", "init": "random init (floor)"}
+          "cluster": "MMseqs2 cluster",
+          "cci_dedup": "CCI on cluster reps", "init": "random init (floor)"}
 # strategies that need the influence scores (so the reference model and a scoring run), and the
 # scoring run each reads: with adaptation, without it (w/o ft), with the single-mask score
 SCORED = {"topk": "score", "cci": "score", "cci_woft": "score_woft", "topk_1mask": "score_1mask",
-          "cci_1mask": "score_1mask"}
+          "cci_1mask": "score_1mask", "cci_dedup": "score"}
+# strategies that need the MMseqs2 cluster table of the training corpus
+CLUSTERED = ("cluster", "cci_dedup")
 
 
 def _merge(base: dict, over: dict, where: str = "") -> dict:
@@ -153,6 +156,8 @@ def arms(cfg) -> list[dict]:
     out += [{"strategy": "topk_1mask", "rate": r} for r in s["single_mask_rates"]]
     out += [{"strategy": "cci_1mask", "rate": r} for r in s["single_mask_rates"]]
     out += [{"strategy": "cluster", "rate": r} for r in s["cluster_rates"]]
+    # dedup + influence: CCI over the cluster representatives only, beside plain clusters
+    out += [{"strategy": "cci_dedup", "rate": r} for r in s["cluster_rates"]]
     keep = set(s["strategies"]) | {f"{k}_1mask" for k in s["strategies"]}
     out = [a for a in out if a["strategy"] == "full" or a["strategy"] in keep]
     if cfg["evaluation"]["floor"]:

@@ -56,7 +56,7 @@ FAMILY_OTHERS = "CCI vs the other selections, and the score definition"
 # MMseqs2 baseline (the paper's ablations), and each score-based strategy on the default score
 # against the same strategy on the single-mask score (what the score definition does downstream)
 OTHER_PAIRS = [("cci", "topk"), ("cci", "cci_woft"), ("cci", "cluster"), ("cci", "cci_1mask"),
-               ("topk", "topk_1mask")]
+               ("topk", "topk_1mask"), ("cci_dedup", "cci"), ("cci_dedup", "cluster")]
 
 
 def lower_is_better(metric: str) -> bool:

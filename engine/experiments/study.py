@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from bioprune.engine.experiments.config import SCORED
+from bioprune.engine.experiments.config import CLUSTERED, SCORED
 from bioprune.engine.experiments.config import arms as expand_arms
 from bioprune.engine.experiments.config import budget as rate_budget
 from bioprune.engine.io.atomic import save_npy, write_json
@@ -174,7 +174,7 @@ class Study:
         for run in runs:
             steps.append(Step(run, "score", self.out / run,
                               (lambda r=run: self.score(r)), score_s * cost[run]))
-        if any(a["strategy"] == "cluster" for a in all_arms):
+        if any(a["strategy"] in CLUSTERED for a in all_arms):
             steps.append(Step("clusters", "cluster", self.out / "clusters", self.clusters,
                               5 + n_est * 0.0015))
         seeds = c["seeds"]
@@ -304,6 +304,19 @@ class Study:
                 save_npy(out / "coreset.npy", idx)
                 write_json(out / "selection.json", report)
                 return {"budget": b, "selected": int(len(idx))}
+            if s == "cci_dedup":
+                from bioprune.engine.io.scores import read_share
+                from bioprune.engine.runtime.collectives import Comm
+                from bioprune.engine.selection.cluster import select_among_representatives
+
+                rep = np.load(self.out / "clusters" / "clusters.npy")
+                data, _ = read_share(self.out / SCORED[s] / "scores", Comm())
+                idx, report = select_among_representatives(
+                    rep, data["index"], data["score"], "cci", b, seed=seed,
+                    hard_cutoff=sel["hard_cutoff"], strata=sel["strata"])
+                save_npy(out / "coreset.npy", idx)
+                write_json(out / "selection.json", report)
+                return {"budget": b, "selected": int(len(idx))}
             if s == "random":
                 # keys hash(seed, corpus index) decide alone (DESIGN: Randomness), so Random
                 # needs no scores: the exact selection over constant scores, in process
@@ -375,21 +388,29 @@ class Study:
 
     def check_config(self) -> None:
         """A rerun must use the same settings as the run it continues. Evaluation settings may
-        change (finished evaluations are kept: delete arms/*/s*/eval to redo them)."""
+        change (finished evaluations are kept: delete arms/*/s*/eval to redo them), and so may
+        ``selection.strategies``: it only adds or leaves out arms, and changes no other arm."""
         path = self.out / "experiment.json"
         loose = ("estimate", "config_path", "evaluation")
-        keep = {k: v for k, v in self.cfg.items() if k not in loose}
+
+        def settings(cfg: dict) -> dict:
+            out = {k: v for k, v in json.loads(json.dumps(cfg)).items() if k not in loose}
+            out.get("selection", {}).pop("strategies", None)
+            return out
+
         if path.exists():
             full_old = json.loads(path.read_text())
-            old = {k: v for k, v in full_old.items() if k not in loose}
-            if json.loads(json.dumps(keep)) != old:
+            old, keep = settings(full_old), settings(self.cfg)
+            if keep != old:
                 diff = sorted(k for k in set(old) | set(keep) if old.get(k) != keep.get(k))
                 raise SystemExit(f"error: {self.out} holds an experiment with other settings "
                                  f"(differs in: {', '.join(diff)}); use another --out")
-            if full_old.get("evaluation") != json.loads(json.dumps(self.cfg["evaluation"])):
-                self.log("note: evaluation settings changed; finished evaluations are kept "
-                         "(delete arms/*/s*/eval to redo them)")
-                write_json(path, self.cfg)
+            for key, what in (("evaluation", "evaluation settings changed; finished evaluations "
+                                             "are kept (delete arms/*/s*/eval to redo them)"),
+                              ("selection", "the strategies changed; finished arms are kept")):
+                if full_old.get(key) != json.loads(json.dumps(self.cfg[key])):
+                    self.log(f"note: {what}")
+            write_json(path, self.cfg)
         else:
             write_json(path, self.cfg)
 

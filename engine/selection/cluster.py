@@ -7,11 +7,13 @@ keep representatives up to a budget. Nothing here clusters by itself.
 
 Budget, exactly and deterministically: every sequence gets a rank inside its cluster (the
 MMseqs2 representative 0, the other members by ascending hash(seed, corpus index)); sequences are
-then taken in the order (rank in cluster ascending, cluster size descending, hash(seed,
-representative index) ascending). So with budget <= number of clusters the coreset is the
-representatives of the largest clusters (a cluster's size is the redundancy it stands for; ties
-broken by the hashed key), and with a larger budget every cluster contributes a second member
-before any contributes a third, and so on. The result is exactly ``budget`` indices, ascending.
+then taken in the order (rank in cluster ascending, hash(seed, representative index) ascending).
+So with budget <= number of clusters the coreset is the representatives of clusters drawn
+uniformly at random (every cluster is equally likely, whatever its size: preferring large
+clusters would spend the budget on exactly the redundant families a redundancy baseline exists
+to thin out, as the planted-redundancy study showed), and with a larger budget every cluster
+contributes a second member before any contributes a third, and so on (a cluster out of members
+is skipped). The result is exactly ``budget`` indices, ascending.
 
 Reproducibility: ``easy-cluster`` (the default here) gave identical clusters run after run on the
 sample RNA corpus with ``--threads 1``; ``easy-linclust`` (linear time, for very large corpora) did
@@ -33,7 +35,7 @@ import numpy as np
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
 
 __all__ = ["mmseqs_binary", "mmseqs_clusters", "cluster_order", "select_from_clusters",
-           "select_cluster"]
+           "select_cluster", "select_among_representatives"]
 
 
 def mmseqs_binary() -> str:
@@ -114,7 +116,7 @@ def mmseqs_clusters(corpus, *, identity: float = 0.5, coverage: float = 0.8, cov
 
 def cluster_order(rep: np.ndarray, seed: int = 0) -> np.ndarray:
     """All corpus indices in the order they are taken (module docstring): rank in cluster
-    ascending, cluster size descending, hash(seed, representative) ascending, then member key."""
+    ascending, hash(seed, representative) ascending, then member key."""
     rep = np.asarray(rep, dtype=np.int64)
     n = len(rep)
     idx = np.arange(n, dtype=np.int64)
@@ -127,11 +129,9 @@ def cluster_order(rep: np.ndarray, seed: int = 0) -> np.ndarray:
     sizes_g = np.diff(np.r_[starts, n])
     rank = np.empty(n, dtype=np.int64)
     rank[order] = idx - np.repeat(starts, sizes_g)
-    size = np.zeros(n, dtype=np.int64)
-    np.add.at(size, rep, 1)
-    csize = size[rep]
-    rkey = key[rep]
-    return np.lexsort((idx, key, rkey, -csize, rank)).astype(np.int64)
+    # the cluster's place in each round is a hash of its representative: uniform over clusters,
+    # independent of cluster size; rep index breaks (astronomically rare) hash ties
+    return np.lexsort((idx, key, rep, key[rep], rank)).astype(np.int64)
 
 
 def select_from_clusters(rep: np.ndarray, budget: int, seed: int = 0,
@@ -152,7 +152,8 @@ def select_from_clusters(rep: np.ndarray, budget: int, seed: int = 0,
               "cluster_size": {"max": int(sizes.max()), "mean": float(sizes.mean()),
                                "singletons": int((sizes == 1).sum())},
               "order_rule": "rank in cluster asc (representative first, members by hash(seed, "
-                            "index)), cluster size desc, hash(seed, representative) asc"}
+                            "index)), then hash(seed, representative) asc: clusters uniformly, "
+                            "not by size"}
     return chosen, report
 
 
@@ -168,3 +169,33 @@ def select_cluster(corpus, budget: int, *, identity: float = 0.5, coverage: floa
     rep, info = mmseqs_clusters(corpus, identity=identity, coverage=coverage, cov_mode=cov_mode,
                                 mode=mode, threads=threads, work_dir=work_dir)
     return select_from_clusters(rep, budget, seed, info)
+
+
+def select_among_representatives(rep: np.ndarray, index: np.ndarray, score: np.ndarray,
+                                 strategy: str, budget: int, **select_kwargs
+                                 ) -> tuple[np.ndarray, dict]:
+    """Dedup, then select: ``strategy`` (cci / topk / random) run on the scores of the cluster
+    representatives only (one record per MMseqs2 cluster), so near-copies cannot fill the
+    coreset however they score. ``index``/``score`` are the rows of a scores directory (any
+    order, every corpus index once); returns (corpus indices ascending, report).
+
+    The exact selection runs over positions 0..m-1 of the m representatives (ascending corpus
+    index), so its hard cut-off and strata are over the representatives' scores and its hashed
+    picks are keyed by that position; the picks are mapped back to corpus indices."""
+    from bioprune.engine.selection.exact import select
+
+    rep = np.asarray(rep, dtype=np.int64)
+    n = len(rep)
+    index = np.asarray(index, dtype=np.int64)
+    if len(index) != n or not np.array_equal(np.sort(index), np.arange(n)):
+        raise ValueError(f"the scores do not cover the cluster table's {n} records exactly once")
+    by_index = np.empty(n, dtype=np.float64)
+    by_index[index] = np.asarray(score, dtype=np.float64)
+    reps = np.flatnonzero(rep == np.arange(n))
+    res = select(np.arange(len(reps)), by_index[reps], strategy, int(budget), **select_kwargs)
+    chosen = np.sort(reps[res.indices]).astype(np.int64)
+    report = {**res.report, "strategy": f"{strategy} among cluster representatives",
+              "n": n, "representatives": int(len(reps)), "selected": int(len(chosen)),
+              "note": "the selection ran over the representatives' scores (positions among "
+                      "them key the hashed picks)"}
+    return chosen, report
