@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,15 +36,12 @@ def data_files(molecule: str) -> list[str]:
 
 
 def launch(script: str, args: list[str], ranks: int) -> float:
-    if ranks > 1:
-        cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(29500 + os.getpid() % 500),
-               str(ROOT / "launch" / script), *args]
-    else:
-        cmd = [sys.executable, str(ROOT / "launch" / script), *args]
+    from bioprune.engine.runtime.launching import child_env, entry_command
+
+    cmd = entry_command(ROOT / "launch" / script, args, ranks)
     print("\n$ " + " ".join(cmd), flush=True)
     t = time.time()
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=child_env())
     return time.time() - t
 
 

@@ -1,4 +1,4 @@
-"""The pruning study (issue 9), end to end, from one config file: held-out split → reference model
+"""The pruning study, end to end, from one config file: held-out split → reference model
 → scores (with and without adaptation) → arms (Full; Random / Top-I / CCI at several rates; Random
 at 2× and 10× the base coreset; CCI w/o ft; MMseqs2 cluster representatives), each pretrained from
 scratch and evaluated with launch/evaluate.py → results.csv, results.md, plots/, manifest.json.

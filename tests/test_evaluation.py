@@ -273,6 +273,32 @@ def test_mlm_defaults_to_a_pretraining_runs_corpus_and_heldout(tmp_path):
     assert m["metrics"]["loss"]["values"][0] != m["metrics"]["loss"]["values"][1]
 
 
+def test_mlm_refuses_a_pretraining_runs_corpus_edited_since(tmp_path, capsys):
+    """heldout.npy holds corpus positions: when the run's corpus files were reordered since
+    pretraining (same records, same count), --run must refuse instead of scoring other records."""
+    from bioprune.engine.data.corpus import load_corpus
+    from bioprune.engine.models import build_model, save_model
+
+    recs = [(f">r{k}", s) for k, s in enumerate(["ACGUAGCUAGC", "GGGAAACCCUU", "AUAUGCGCAUAU",
+                                                  "CCGGAAUUCCGG", "UUAGCUAGGCAU", "GACUGACUAGCA"])]
+    fasta = tmp_path / "corpus.fasta"
+    fasta.write_text("".join(f"{h}\n{s}\n" for h, s in recs))
+    digest = load_corpus([fasta], "rna", tmp_path / "c0").content_digest()
+    run = tmp_path / "pt"
+    save_model(build_model("rnafm", "tiny"), run / "final")
+    (run / "manifest.json").write_text(json.dumps(
+        {"config": {"data": [str(fasta)], "column": "sequence", "id_column": None, "seed": 0},
+         "corpus_digest": digest}))
+    np.save(run / "heldout.npy", np.arange(0, 3, dtype=np.int64))
+    base = ["--model", "rnafm", "--model-size", "tiny", "--run", str(run), "--tasks", "mlm",
+            "--probe-seeds", "1"]
+    doc, _ = run_cli(tmp_path, *base, name="same")           # unchanged corpus: scored
+    assert doc["tasks"]["mlm"]["n_test"] == 3
+    fasta.write_text("".join(f"{h}\n{s}\n" for h, s in reversed(recs)))   # reordered since
+    err = fail_cli(capsys, *base, *FAST, "--out", str(tmp_path / "moved"))
+    assert "not the one" in err and "content digest" in err and str(fasta) in err
+
+
 def test_mlm_all_scores_every_record_with_fixed_masks_per_file_group(tmp_path):
     """A study's held-out set: every record of every file (--mlm-all), masks fixed by
     --mlm-mask-seed whatever the model's --seed, and one loss per file plus their macro mean."""

@@ -133,6 +133,53 @@ def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
     np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
 
 
+def _session_processes(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the launcher started with start_new_session)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_then_resume(one_rank, corpus_files, tmp_path):
+    """``kill -TERM`` of the deepspeed launcher (what timeout, kill and a scheduler's limit do):
+    both ranks stop within seconds (the launcher itself does not forward it on one node), leave
+    no lock and no shared-memory buffer, and the same command resumes to the same scores."""
+    out = tmp_path / "terminated"
+    cmd = command("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)], ranks=2)
+    port = cmd[cmd.index("--master_port") + 1]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    scores = out / "scores"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if scores.exists() and len(list(scores.glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped midway"
+    os.kill(proc.pid, signal.SIGTERM)                 # the launcher only, as `kill PID` does
+    proc.wait(timeout=30)
+    t0 = time.time()
+    while _session_processes(proc.pid) and time.time() - t0 < 15:
+        time.sleep(0.2)
+    left = _session_processes(proc.pid)
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not left, f"rank processes still running 15 s after SIGTERM: {left}"
+    assert not (scores / "_SUCCESS").exists()
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)], ranks=2)
+    a, b = read_scores(one_rank / "scores"), read_scores(scores)
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
+
+
 def read_scores_part(path: Path):
     import pyarrow.parquet as pq
 

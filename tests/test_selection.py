@@ -381,7 +381,7 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert "budget 49 is out of range: allowed 1..48" in msg
     msg = _cli_error(["--scores", str(d), "--strategy", "random", "--fraction", "0.001",
                       "--out", str(tmp_path / "o")], capsys)
-    assert "budget 0 is out of range: allowed 1..50" in msg
+    assert msg.startswith("error: --fraction 0.001 of n = 50") and "--fraction >= 0.02" in msg
     assert not (tmp_path / "o").exists()
 
 

@@ -1,7 +1,7 @@
 """From corpus indices to padded token batches with deterministic MLM masks.
 
 Everything random here is a pure function of (seed, corpus index[, position]) through
-``engine.hashing``, so a sequence gets the same crop and the same mask whatever batch, rank or
+``bioprune.engine.runtime.hashing``, so a sequence gets the same crop and the same mask whatever batch, rank or
 order it lands in (DESIGN: "Per-sample loss", "Randomness").
 
 Masking: 15% of the residue positions (at least one) are chosen — exactly

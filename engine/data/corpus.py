@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -48,6 +49,7 @@ __all__ = [
 
 
 DIGEST = "content_digest.json"   # beside corpus.json: the cached content digest
+REPEATS = "repeated_ids.json"    # beside corpus.json: the cached count of repeated ids
 
 
 class Corpus:
@@ -134,34 +136,76 @@ class Corpus:
     def total_residues(self) -> int:
         return int(self._meta["total_residues"])
 
+    def _cached(self, name: str, compute) -> dict:
+        """``compute()`` (a JSON-able dict) cached in ``name`` beside corpus.json, keyed by the
+        corpus's inputs and size so a rebuilt cache never reuses it; a read-only cache simply
+        recomputes."""
+        key = {"n_records": len(self), "total_residues": self.total_residues,
+               "inputs": self._meta.get("inputs")}
+        path = self.root / name
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == json.loads(json.dumps(key)):
+                return saved["value"]
+        except (OSError, ValueError, KeyError):
+            pass
+        value = compute()
+        try:
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(json.dumps({"key": key, "value": value}))
+        except OSError:
+            pass
+        return value
+
     def content_digest(self) -> str:
         """BLAKE2b of the normalised sequences in corpus order (lengths, then residues): the
         corpus's identity for later stages, whatever its file names, formats or ids. The same
         records in another order, or one residue changed, give another digest. Computed once per
         cache (a streaming pass over the memory-mapped residues) and kept in ``DIGEST``."""
-        import hashlib
+        def compute() -> dict:
+            import hashlib
 
-        key = {"n_records": len(self), "total_residues": self.total_residues,
-               "inputs": self._meta.get("inputs")}
-        path = self.root / DIGEST
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == json.loads(json.dumps(key)):
-                return saved["blake2b"]
-        except (OSError, ValueError):
-            pass
-        h = hashlib.blake2b(digest_size=16)
-        h.update(np.ascontiguousarray(self._len, dtype="<i4").tobytes())
-        step = 1 << 26
-        for start in range(0, self.total_residues, step):
-            h.update(memoryview(np.ascontiguousarray(self._res[start:start + step])))
-        digest = h.hexdigest()
-        try:
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(json.dumps({"key": key, "blake2b": digest}))
-        except OSError:   # a read-only cache: recompute next time
-            pass
-        return digest
+            h = hashlib.blake2b(digest_size=16)
+            h.update(np.ascontiguousarray(self._len, dtype="<i4").tobytes())
+            step = 1 << 26
+            for start in range(0, self.total_residues, step):
+                h.update(memoryview(np.ascontiguousarray(self._res[start:start + step])))
+            return {"blake2b": h.hexdigest()}
+
+        return self._cached(DIGEST, compute)["blake2b"]
+
+    def repeated_ids(self) -> dict:
+        """{"records": how many records repeat an id seen earlier in the corpus, "example": one
+        such id or None}. Vectorised (a 64-bit polynomial hash of every id, then an exact byte
+        comparison of the hash collisions), computed once per cache and kept in ``REPEATS``."""
+        def compute() -> dict:
+            n = len(self)
+            off = np.asarray(self._idoff, dtype=np.int64)
+            lens = np.diff(off)
+            if n == 0 or int(off[-1]) == 0:
+                return {"records": 0, "example": None}
+            b = np.asarray(self._ids[:int(off[-1])], dtype=np.uint64) + np.uint64(1)
+            pos = np.arange(len(b), dtype=np.int64) - np.repeat(off[:-1], lens)
+            with np.errstate(over="ignore"):   # arithmetic modulo 2**64 is the point
+                terms = b * np.power(np.uint64(1_000_003), pos.astype(np.uint64))
+                nz = lens > 0
+                h = np.zeros(n, dtype=np.uint64)
+                h[nz] = np.add.reduceat(terms, off[:-1][nz])
+                h ^= lens.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            order = np.argsort(h, kind="stable")
+            hs = h[order]
+            same = np.flatnonzero(hs[1:] == hs[:-1]) + 1     # candidates: hash equal to previous
+            seen, repeats, example = {}, 0, None
+            for i in np.unique(np.r_[same, same - 1]):       # exact check of the few candidates
+                rid = self.record_id(int(order[i]))
+                k = (int(hs[i]), rid)
+                if k in seen:
+                    repeats += 1
+                    example = example or rid
+                seen[k] = True
+            return {"records": repeats, "example": example}
+
+        return self._cached(REPEATS, compute)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -277,6 +321,7 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
                               node_local=node_local, **opts)
         corpus = Corpus.open(root)
         check_matches(corpus.stats, paths, molecule, root, column, id_column, on_invalid)
+        warn_repeats(corpus, paths)
         return corpus
     if node_local:
         raise CorpusError("a node-local corpus cache needs the parallel build (parallel=False "
@@ -295,7 +340,32 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
     corpus = Corpus.open(cache_dir)
     if not distributed.is_main():
         check_matches(corpus.stats, paths, molecule, cache_dir, column, id_column, on_invalid)
+    warn_repeats(corpus, paths)
     return corpus
+
+
+def warn_repeats(corpus: Corpus, paths) -> None:
+    """One warning line (main rank) for an input given twice and for repeated record ids: the
+    corpus keeps every record (positions stay valid), but an id then names several records, and
+    a file given twice doubles its weight, which is rarely meant."""
+    from collections import Counter
+
+    from bioprune.engine.runtime import distributed
+
+    if not distributed.is_main():
+        return
+    mentions = Counter(str(Path(p).absolute()) for p in paths)
+    twice = {p: k for p, k in mentions.items() if k > 1}
+    if twice:
+        first, k = next(iter(twice.items()))
+        print(f"warning: the input {first} is given {k} times ({len(twice)} input(s) repeated): "
+              "its records enter the corpus once per mention", file=sys.stderr, flush=True)
+    rep = corpus.repeated_ids()
+    if rep["records"]:
+        print(f"warning: {rep['records']:,} record(s) repeat an id seen earlier in the corpus "
+              f"(for example {rep['example']!r}); every record is kept, so an id may name "
+              "several records: use corpus indices (coreset.npy) to refer to records",
+              file=sys.stderr, flush=True)
 
 
 def _check_or_build(paths, molecule, cache_dir: Path, column, id_column,

@@ -35,13 +35,16 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
     seed, max_len, indices, source = s.seed, s.max_length, None, "--mlm-data"
     cap = s.mlm_max if s.mlm_max is not None else (None if s.mlm_all else 500)
     run = Path(s.run) if s.run else None
+    cfg_digest = None
     if run is not None and (run / "manifest.json").exists():
-        cfg = json.loads((run / "manifest.json").read_text()).get("config", {})
+        man = json.loads((run / "manifest.json").read_text())
+        cfg = man.get("config", {})
         if not paths and (run / "heldout.npy").exists():
             paths = list(cfg.get("data") or [])
             column, id_column = cfg.get("column", "sequence"), cfg.get("id_column")
             source = f"{run / 'manifest.json'} (pretraining corpus)"
             indices, ind_src = np.load(run / "heldout.npy"), str(run / "heldout.npy")
+            cfg_digest = man.get("corpus_digest")   # absent in runs from before it was recorded
         seed = int(cfg.get("seed", seed))
         max_len = max_len or cfg.get("max_length")
     if not paths:
@@ -56,6 +59,12 @@ def load_mlm(s, bundle, out: Path) -> TaskData:
     except CorpusError as e:
         raise EvalError(f"mlm: {e}") from None
     n = len(corpus)
+    want = cfg_digest if indices is not None else None
+    if want and (here := corpus.content_digest()) != want:
+        raise EvalError(f"mlm: the corpus {', '.join(map(str, paths))} is not the one {run} was "
+                        f"pretrained on (content digest {here}, {want} in "
+                        f"{run / 'manifest.json'}: files edited or reordered since), so its "
+                        "heldout.npy would name other records; give --mlm-data and --mlm-indices")
     if s.mlm_indices:
         try:
             indices = np.load(s.mlm_indices)

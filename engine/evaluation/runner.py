@@ -398,7 +398,7 @@ def _run(s: EvalSettings, t_start: float, started: str) -> dict:
             _log(acc, f"floor {name}", doc["floor"]["tasks"][name])
     timings["total"] = round(time.time() - t_start, 3)
     doc["manifest"] = {"command": "evaluate", "argv": s.argv, "settings": s.to_dict(),
-                       "versions": {**versions(), **_more_versions()},
+                       "versions": versions(),
                        "device": str(acc.device), "processes": acc.num_processes,
                        "mixed_precision": acc.mixed_precision, "started": started,
                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "timings_s": timings}
@@ -411,16 +411,6 @@ def _run(s: EvalSettings, t_start: float, started: str) -> dict:
     return doc
 
 
-def _more_versions():
-    from importlib import metadata
-
-    out = {}
-    for name in ("accelerate", "scikit-learn", "scipy", "torchmetrics"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _log(acc, name, entry):

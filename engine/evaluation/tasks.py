@@ -8,6 +8,7 @@ fold: subsampling (``--max-train``/``--max-test``) only drops rows, by the small
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,11 +126,16 @@ def _file_split(df, path, what) -> tuple[np.ndarray, np.ndarray, dict]:
     bad = sorted(set(split) - {"train", "test"} - ignored)
     if bad:
         raise EvalError(f"{what}: {path}: split column has {bad[0]!r}; expected train or test "
-                        f"(valid/validation rows are ignored)")
+                        f"({'/'.join(sorted(ignored))} rows are ignored)")
     train, test = np.flatnonzero(split == "train"), np.flatnonzero(split == "test")
     if not len(train) or not len(test):
         raise EvalError(f"{what}: {path}: the split column needs both train and test rows")
-    return train, test, {"ignored_rows": int(np.isin(split, list(ignored)).sum())}
+    n_ignored = int(np.isin(split, list(ignored)).sum())
+    if n_ignored:   # documented handling, but never silent: validation rows are not used
+        print(f"warning: {what}: {path}: {n_ignored:,} rows with split "
+              f"{'/'.join(sorted(set(split) & ignored))} ignored (only train and test are used)",
+              file=sys.stderr, flush=True)
+    return train, test, {"ignored_rows": n_ignored}
 
 
 # ------------------------------------------------------------------------------------------ tasks

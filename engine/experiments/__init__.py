@@ -1,4 +1,4 @@
-"""The pruning study of issue 9 (the paper's experiment), end to end, from one config file.
+"""The pruning study (the paper's experiment), end to end, from one config file.
 
 Owns: the config format (``config``), the plan of steps (held-out split → reference model →
 scoring with and without adaptation → MMseqs2 clusters → per-arm selection, pretraining and

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -105,20 +104,13 @@ class Study:
             print(msg, flush=True)
 
     def launch(self, script: str, args: list[str], name: str, ranks: int = 1) -> float:
-        py = sys.executable
+        from bioprune.engine.runtime.launching import child_env, entry_command
+
         path = Path(script) if Path(script).is_absolute() else self.root / "launch" / script
-        if ranks > 1:
-            port = 29500 + (os.getpid() + len(self.commands)) % 2000
-            cmd = [str(Path(py).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-                   str(port), str(path), *map(str, args)]
-        else:
-            cmd = [py, str(path), *map(str, args)]
+        cmd = entry_command(path, args, ranks)
         logf = self.out / "logs" / f"{name.replace('/', '_')}.log"
         logf.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PATH=f"{Path(py).parent}:{os.environ.get('PATH', '')}",
-                   PYTHONUNBUFFERED="1")
-        if self.workers > 1:   # processes side by side: one thread each, or they fight for cores
-            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = child_env(one_thread=self.workers > 1)   # processes side by side: one thread each
         t = time.time()
         with open(logf, "w") as f:
             f.write("$ " + " ".join(cmd) + "\n")
@@ -547,13 +539,10 @@ def git_commit(root: Path) -> dict:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for mod in ("torch", "deepspeed", "numpy", "sklearn", "accelerate", "fm", "esm"):
-        try:
-            m = __import__(mod)
-            out[mod] = getattr(m, "__version__", "?")
-        except Exception:  # noqa: BLE001 (a version string is best effort)
-            out[mod] = None
+    """The installed packages (as every run manifest records them) and the MMseqs2 binary."""
+    from bioprune.engine.io.manifest import versions as package_versions
+
+    out = package_versions()
     try:
         from bioprune.engine.selection.cluster import mmseqs_binary
 

@@ -88,7 +88,7 @@ def resolve(fisher: dict[str, torch.Tensor], damping: Damping | float, allreduce
 
 
 def as_damping(damping: Damping | float) -> Damping:
-    """A bare float is absolute λ with nothing excluded (the behaviour before issue 10)."""
+    """A bare float is absolute λ with nothing excluded (the original damping: no relative λ, no exclusions)."""
     if isinstance(damping, Damping):
         return damping
     return Damping(mode="absolute", value=float(damping), exclude_below=None)

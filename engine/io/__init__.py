@@ -1,3 +1,4 @@
 """Files a run leaves behind: atomic writes (``atomic``), ``manifest.json`` (``manifest``), the
-settings a resumed run must match (``run_config``) and the score parts of ``RUN/scores/``
-(``scores``). May import ``runtime``."""
+settings a resumed run must match (``run_config``) and the inputs' fingerprints in a run's
+identity (``run_identity``), the score parts of ``RUN/scores/`` (``scores``) and streamed
+safetensors reads (``safetensors_stream``). May import ``runtime``."""

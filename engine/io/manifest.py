@@ -13,7 +13,8 @@ from pathlib import Path
 from bioprune.engine.io.atomic import write_json
 
 PACKAGES = ("bioprune", "torch", "deepspeed", "rna-fm", "esm", "triton", "numpy", "pyarrow",
-            "safetensors", "transformers", "datasets")
+            "safetensors", "transformers", "datasets", "accelerate", "scikit-learn", "scipy",
+            "torchmetrics")
 
 
 def versions() -> dict:

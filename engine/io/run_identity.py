@@ -53,11 +53,21 @@ def load_indices(path):
     import numpy as np
 
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        fail(f"--indices {path}: cannot read ({e}); pass an int64 .npy such as a coreset.npy")
+    if magic != b"\x93NUMPY":   # np.load would call any other file "pickled data"
+        fail(f"--indices {path}: not a NumPy .npy file; pass a coreset.npy, or save a list of "
+             "corpus indices with numpy.save(path, numpy.array(indices, dtype='int64'))")
+    try:
         idx = np.load(path)
     except (OSError, ValueError) as e:
         fail(f"--indices {path}: cannot read ({e}); pass an int64 .npy such as a coreset.npy")
     if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
         fail(f"--indices {path}: expected a 1-D integer array, got {idx.dtype} {idx.shape}")
+    if idx.size == 0:
+        fail(f"--indices {path}: holds no indices (an empty coreset); nothing to train on")
     return idx
 
 

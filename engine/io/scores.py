@@ -122,13 +122,6 @@ def finished_chunks(scores_dir) -> set[int]:
     return out
 
 
-def chunk_of(path) -> int:
-    m = _PART_RE.match(Path(path).name)
-    if not m:
-        raise ValueError(f"not a part file: {path}")
-    return int(m.group(1))
-
-
 def write_success(scores_dir, n_rows: int) -> Path:
     """Mark the scores directory finished; written last, holds the number of rows."""
     path = Path(scores_dir) / SUCCESS
@@ -224,14 +217,6 @@ def shard_parts(parts: Sequence, rank: int, world: int, sizes: Sequence[int] | N
 
 
 # ----------------------------------------------------------------------------- validation
-
-def first_nonfinite(index: np.ndarray, score: np.ndarray, limit: int = 10) -> np.ndarray:
-    """The ``limit`` smallest corpus indices whose score is NaN or infinite (local)."""
-    bad = ~np.isfinite(score)
-    if not bad.any():
-        return np.empty(0, dtype=np.int64)
-    return np.sort(np.asarray(index)[bad])[:limit].astype(np.int64)
-
 
 def check_scores(index, score, n: int | None = None, comm=None, limit: int = 10) -> int:
     """Collective check of the rows held by all ranks; returns n. Raises :class:`ScoresError`

@@ -1,8 +1,10 @@
 """The model families, built from configs (never downloaded), with MLM logits out.
 
 ``rnafm`` (:mod:`.rnafm`): ``fm.BioBertModel`` with the RNA alphabet of the ``fm`` package.
-``esmc`` (:mod:`.esmc`): ``esm.models.esmc.ESMC`` with its ``EsmSequenceTokenizer``. Each has a
-``tiny`` size that trains on a laptop CPU, used by the tests and the demo.
+``esmc`` (:mod:`.esmc`): ``esm.models.esmc.ESMC`` with its ``EsmSequenceTokenizer``.
+``esm2`` and ``hf`` (:mod:`.hf`): Hugging Face ``EsmForMaskedLM`` from a config, or any local
+Hugging Face masked-LM directory. Each family has a ``tiny`` size that trains on a laptop CPU,
+used by the tests and the demo.
 
 Everything downstream (batching, per-sample gradients, training, evaluation) talks to a
 :class:`~.bundle.ModelBundle`. This module is the registry: :func:`build_model` by family name.

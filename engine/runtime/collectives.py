@@ -2,41 +2,14 @@
 NCCL on GPUs), or none (world = 1, no communication), and the one way a rank-local error becomes
 everyone's: :func:`agree` / :func:`raise_together`.
 
-Chunked passes (:func:`chunks`) run over CHUNK elements at a time; :func:`tune_malloc` keeps their
-temporaries on the heap (glibc), which makes them several times faster than fresh page-faulting
-mmaps.
+Chunked passes (:func:`chunks`) run over CHUNK elements at a time; the selection keeps their
+temporaries on the heap (:func:`bioprune.engine.runtime.malloc.numpy_passes`).
 """
 from __future__ import annotations
 
 import numpy as np
 
 CHUNK = 1 << 18          # elements per chunk of an elementwise pass (fits the CPU caches)
-
-_malloc_tuned = False
-
-
-def tune_malloc() -> None:
-    """Keep chunk-sized temporaries on the heap (glibc): by default every NumPy temporary above
-    128 KiB is a fresh mmap whose pages fault in on first touch, which makes chunked elementwise
-    passes 5-10x slower. Arrays above 64 MiB (the data) are still mapped and returned on free."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
-    try:
-        import ctypes
-        import sys
-
-        if not sys.platform.startswith("linux"):
-            return
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
-    except Exception:  # noqa: BLE001 - only a speed-up
-        pass
-
-
 
 def chunks(n: int, size: int = CHUNK):
     for a in range(0, n, size):

@@ -15,6 +15,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from bioprune.engine.runtime.launching import free_port  # noqa: F401 - re-exported
+
 
 # what MPICH/Hydra, Open MPI and PMIx-based launchers put in every rank's environment
 _MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
@@ -60,14 +62,6 @@ def init(backend: str | None = None) -> tuple[int, int]:
         share_cpu_cores()
     atexit.register(finalize)
     return dist.get_rank(), dist.get_world_size()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def mpi_master_port() -> int:
@@ -122,25 +116,12 @@ def port_errors(mpi: bool = False):
                          f"machine?); {how}") from None
 
 
-def mmap_large_allocations(threshold: int = 1 << 20) -> None:
-    """CPU runs: serve every allocation of ``threshold`` bytes or more by mmap, so that freeing
-    it returns the memory to the operating system at once.
+def mmap_large_allocations(threshold: int | None = None) -> None:
+    """CPU model runs: every allocation of 1 MiB or more is its own mmap, returned to the OS when
+    freed (:data:`bioprune.engine.runtime.malloc.MODEL`, where the reason is measured)."""
+    from bioprune.engine.runtime import malloc
 
-    glibc raises its mmap threshold (up to 32 MB) after large frees, and from then on puts
-    blocks such as a layer's gathered ZeRO-3 parameters, its gradients and optimizer
-    temporaries on the heap, which it keeps: ESM-C 600M adaptation on 2 ranks grew past 10 GB
-    per rank and was OOM-killed; with a fixed 1 MB threshold its first step peaks at 7.7 GB
-    (2.3 GB is the Adam state). Same as MALLOC_MMAP_THRESHOLD_=1048576 in the environment, which
-    wins when set. Selection's chunked NumPy passes want the opposite (a 64 MB threshold, see
-    ``collectives.tune_malloc``) and set it themselves when they start."""
-    import ctypes
-
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)   # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):   # not glibc
-        pass
+    malloc.set_mmap_threshold(threshold or malloc.MODEL)
 
 
 def share_cpu_cores() -> None:
@@ -161,12 +142,12 @@ def finalize() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
-            _unlink_shm_buffer(me)
+            unlink_shm_buffer(me)
     while _SINGLE_ENV:   # the one-process rendezvous set up by single_process_env
         os.environ.pop(_SINGLE_ENV.pop(), None)
 
 
-def _unlink_shm_buffer(me: int) -> None:
+def unlink_shm_buffer(me: int) -> None:
     """DeepSpeed's CPU all-reduce (its shm comm op) creates a 69 MB shared-memory buffer per rank
     and never removes it: /dev/shm fills up run after run (13 GB seen on a 24 GB machine). Every
     rank opened every buffer at start-up, so at exit each rank can unlink its own."""
@@ -205,17 +186,24 @@ def run_distributed(fn, *args, out=None) -> int:
 
     * a :class:`UsageError` (a flag, a file, a run directory; CorpusError / ScoresError /
       SelectionError are ones too) becomes one line ``error: ...`` on stderr and exit code 2;
-    * Ctrl-C: one line saying that rerunning resumes, exit code 130;
+    * Ctrl-C, SIGTERM, SIGHUP (:mod:`.signals`; also the ``deepspeed`` launcher's death): one
+      line saying that rerunning resumes, exit code 130 / 143 / 129;
     * anything else is a bug: its traceback stays, is also saved to ``OUT/bioprune-error.log``
       (when ``out`` exists), and the exit code is 1.
     """
     import sys
 
-    from bioprune.engine.runtime import lock
+    from bioprune.engine.runtime import lock, signals
     from bioprune.engine.runtime.errors import UsageError
 
+    def forced_exit_cleanup():   # a rank stuck in a collective after a signal: free what it holds
+        lock.release_all()
+        unlink_shm_buffer(rank())
+
+    restore = signals.install(forced_exit_cleanup)
     try:
         init()
+        signals.watch_launcher()
         return fn(*args)
     except UsageError as e:
         # Engine errors are collective by design (agreed, or deterministic on every rank): rank 0
@@ -229,10 +217,16 @@ def run_distributed(fn, *args, out=None) -> int:
             lock.release_all()
             os._exit(2)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command with the same --out to resume",
-              file=sys.stderr, flush=True)
-        return 130
+    except KeyboardInterrupt as e:
+        what = (f"stopped by signal {e.signum}" if isinstance(e, signals.Terminated)
+                else "interrupted")
+        if rank() == 0 or isinstance(e, signals.Terminated):
+            print(f"{what}{f' (rank {rank()})' if world_size() > 1 else ''}: rerun the same "
+                  "command with the same --out to resume", file=sys.stderr, flush=True)
+        if world_size() > 1:   # the peers may be stopping too, or blocked: do not wait for them
+            forced_exit_cleanup()
+            os._exit(signals.exit_code(e))
+        return signals.exit_code(e)
     except Exception:  # noqa: BLE001 - a bug: keep the traceback, say where it is saved
         import traceback
 
@@ -247,6 +241,7 @@ def run_distributed(fn, *args, out=None) -> int:
             os._exit(1)
         return 1
     finally:
+        restore()
         lock.release_all()
         finalize()
 

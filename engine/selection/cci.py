@@ -9,7 +9,7 @@ from bioprune.engine.runtime.collectives import chunks
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
 from bioprune.engine.selection.exact import _cat, _radix_candidates, _Selection
 from bioprune.engine.selection.radix import KEEP, TAKE, lut_from_hist, radix_take
-from bioprune.engine.selection.rules import stratum_edges, strata_budgets
+from bioprune.engine.selection.rules import strata_budgets, stratum_edges, stratum_of
 
 _SBITS = 8          # first digit of the within-stratum keys: K x 256 bins stay in the CPU caches
 
@@ -32,20 +32,10 @@ def cci_picks(run: _Selection) -> np.ndarray:
     # pass S: stratum and first key digit as one code per sample; cut samples get code K * 256
     codes = np.empty(N, dtype=ctype)
     hist = np.zeros((K + 1) * nb, dtype=np.int64)
-    span = hi - lo
     shift = np.uint64(64 - _SBITS)
     for a, b in chunks(N):
-        s = score[a:b]
-        if span > 0:
-            t = s - lo
-            t /= span
-            t *= K
-            np.floor(t, out=t)
-            np.clip(t, 0, K - 1, out=t)
-            code = t.astype(ctype)
-            code *= ctype(nb)
-        else:
-            code = np.zeros(b - a, dtype=ctype)
+        code = stratum_of(score[a:b], lo, hi, K).astype(ctype)   # the rule, in one place
+        code *= ctype(nb)
         code |= (hash_keys(seed, index[a:b], SELECT) >> shift).astype(ctype)
         if c:
             cut = lut1[top[a:b]] == TAKE

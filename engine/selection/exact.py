@@ -35,7 +35,8 @@ import numpy as np
 
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
 from bioprune.engine.io.scores import ScoresError
-from bioprune.engine.runtime.collectives import Comm, chunks, raise_together, tune_malloc
+from bioprune.engine.runtime.collectives import Comm, chunks, raise_together
+from bioprune.engine.runtime.malloc import numpy_passes
 from bioprune.engine.runtime.index_check import check_permutation, nonfinite_error
 from bioprune.engine.selection.radix import (
     KEEP, NBINS, NONFINITE_DIGITS, TAKE, decode_desc, encode_desc, key_digits, lut_from_hist,
@@ -87,20 +88,20 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     raised on every rank together. ``gather=False`` leaves the selected indices on their ranks
     (``local_indices``).
     """
-    tune_malloc()
-    run = _Selection(comm or Comm(), strategy, int(seed), hist_bins, tuple(quantiles))
-    _check_request(run, index, score, budget, hard_cutoff, strata, n, validate)
-    _pass_stats(run)
-    _first_round(run)
-    _order_statistics(run)
-    if strategy == "cci":
-        from bioprune.engine.selection.cci import cci_picks   # builds on this module's passes
+    with numpy_passes():   # chunk temporaries on the heap; the previous setting back after
+        run = _Selection(comm or Comm(), strategy, int(seed), hist_bins, tuple(quantiles))
+        _check_request(run, index, score, budget, hard_cutoff, strata, n, validate)
+        _pass_stats(run)
+        _first_round(run)
+        _order_statistics(run)
+        if strategy == "cci":
+            from bioprune.engine.selection.cci import cci_picks   # builds on this module's passes
 
-        sel_pos = cci_picks(run)
-    else:   # Top-I and Random: the surely taken plus the radix-selected candidates
-        sel_pos = np.concatenate([run.take_pos, run.keep_pos[_radix_candidates(run)]])
-    run.top = None
-    return _result(run, sel_pos, gather)
+            sel_pos = cci_picks(run)
+        else:   # Top-I and Random: the surely taken plus the radix-selected candidates
+            sel_pos = np.concatenate([run.take_pos, run.keep_pos[_radix_candidates(run)]])
+        run.top = None
+        return _result(run, sel_pos, gather)
 
 
 @dataclasses.dataclass

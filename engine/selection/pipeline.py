@@ -18,7 +18,7 @@ from bioprune.engine.io.scores import ScoresError, read_share
 from bioprune.engine.runtime.collectives import Comm, raise_together
 from bioprune.engine.runtime.errors import UsageError
 from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
-from bioprune.engine.selection.rules import SelectionError, budget_from_fraction
+from bioprune.engine.selection.rules import SelectionError, budget_from_fraction, budget_range
 
 
 @dataclass
@@ -58,13 +58,29 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
     data, n = read_share(scores_dir, comm)
     t_read = time.perf_counter() - t0
     if budget is None:
-        budget = budget_from_fraction(fraction, n)
+        budget = fraction_budget(strategy, fraction, n, kwargs.get("hard_cutoff", 0.05))
     result = select(data["index"], data["score"], strategy, budget, n=n, comm=comm, **kwargs)
     result.report["scores_dir"] = str(Path(scores_dir).absolute())
     result.report["timings_s"]["read_scores"] = round(t_read, 4)
     if fraction is not None:
         result.report["parameters"]["fraction"] = fraction
     return result
+
+
+def fraction_budget(strategy: str, fraction: float, n: int, hard_cutoff: float = 0.05) -> int:
+    """--fraction F as a budget (floor(F * n)), with an error about F, not about a budget the
+    user never gave, when it falls outside what ``strategy`` can keep."""
+    budget = budget_from_fraction(fraction, n)
+    lo, hi = budget_range(strategy, n, hard_cutoff)
+    if not lo <= budget <= hi:
+        hint = (f"give --fraction >= {lo / n:.6g}" if budget < lo
+                else f"give --fraction <= {hi / n:.6g}")
+        why = (f"cci first drops the floor({hard_cutoff} * n) = {n - hi:,} highest-ranked "
+               f"samples (--hard-cutoff), so it keeps at most {hi:,}" if strategy == "cci"
+               else f"a coreset holds between {lo} and {hi:,}")
+        raise SelectionError(f"--fraction {fraction} of n = {n:,} scored samples is "
+                             f"{budget:,} samples, but {why}: {hint}")
+    return budget
 
 
 def run_selection(s: SelectSettings) -> SelectionResult:
@@ -192,7 +208,7 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     comm = Comm()
     t0 = time.perf_counter()
     n = read_share_count(s.scores, comm)
-    budget = s.budget if s.budget is not None else budget_from_fraction(s.fraction, n)
+    budget = s.budget if s.budget is not None else fraction_budget("random", s.fraction, n)   # 1..n, as cluster
     if not 1 <= budget <= n:
         raise SelectionError(f"budget {budget} out of range 1..{n} for cluster")
     corpus = _open_corpus(s, n, comm)

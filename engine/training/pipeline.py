@@ -110,6 +110,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
                        removed_for_heldout=int(overlap.sum()), epochs=epochs,
                        cropped=int((corpus.lengths[train_idx] > max_res).sum()),
                        rejected_records=int(corpus.stats.get("rejected", 0)))
+        # heldout.npy holds positions in this corpus: evaluate.py --run checks it is the same
+        manifest.set("corpus_digest", corpus.content_digest())
         manifest.save()
     result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
                    heldout=heldout, metrics_csv=out / "metrics.csv",

@@ -221,17 +221,11 @@ def _digest(root: Path) -> str:
 
 
 def _launch(args, world: int, files, cache: Path, mode: str, env_extra=None) -> list:
-    from bioprune.engine.runtime.distributed import free_port
+    from bioprune.engine.runtime.launching import entry_command
 
     out = cache.with_suffix(".json")
-    me = str(Path(__file__).resolve())
-    tail = [me, "--worker", "--mode", mode, "--data", *files, "--cache", str(cache),
-            "--out", str(out)]
-    if world == 1:
-        cmd = [sys.executable, *tail]
-    else:
-        ds = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
-        cmd = [ds, "--num_gpus", str(world), "--master_port", str(free_port()), *tail]
+    cmd = entry_command(Path(__file__).resolve(), ["--worker", "--mode", mode, "--data", *files,
+                                                   "--cache", cache, "--out", out], world)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if p.returncode != 0 or not out.exists():

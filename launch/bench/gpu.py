@@ -1,4 +1,4 @@
-"""The GPU throughput report (issue 11) in one command:
+"""The GPU throughput report in one command:
 
     make bench-gpu                        # = python launch/bench/gpu.py --out runs/bench-gpu
     python launch/bench/gpu.py --scoring "--configs esmc:600m" --kernels "--models esmc:600m"

@@ -30,7 +30,7 @@ import numpy as np
 
 PLANS = {"K1": dict(draws=1), "K4": dict(draws=4), "K16": dict(draws=16), "K32": dict(draws=32),
          "C1": dict(covers=1), "C2": dict(covers=2)}
-# name -> Damping fields; "old" is the default before issue 10 (absolute 1e-8, nothing excluded)
+# name -> Damping fields; "old" is the original default (absolute 1e-8, nothing excluded)
 DAMPINGS = {
     "abs1e-8,old": dict(mode="absolute", value=1e-8, exclude_below=None),
     "abs1e-8,excl": dict(mode="absolute", value=1e-8, exclude_below=1e-12),

@@ -25,7 +25,6 @@ import json
 import math
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -111,10 +110,11 @@ def generate(a: int, b: int, seed: int):
 def worker(args) -> int:
     from bioprune.engine.runtime import distributed
     from bioprune.engine.selection.exact import select
-    from bioprune.engine.runtime.collectives import Comm, tune_malloc
+    from bioprune.engine.runtime.collectives import Comm
+    from bioprune.engine.runtime.malloc import NUMPY_PASSES, set_mmap_threshold
 
     distributed.init()
-    tune_malloc()
+    set_mmap_threshold(NUMPY_PASSES)   # also for the generated data, as in the baseline
     comm = Comm()
     r, w = comm.rank, comm.world
     base = rss()
@@ -147,10 +147,10 @@ def worker(args) -> int:
 
 def baseline(args) -> int:
     """The paper's public code's approach, one process: full argsort, a boolean pass per stratum."""
-    from bioprune.engine.runtime.collectives import tune_malloc
+    from bioprune.engine.runtime.malloc import NUMPY_PASSES, set_mmap_threshold
     from bioprune.engine.selection.rules import strata_budgets
 
-    tune_malloc()
+    set_mmap_threshold(NUMPY_PASSES)
     base = rss()
     _, score = generate(0, args.n, args.seed)     # the reference code keeps only the scores
     data_rss = rss()
@@ -189,12 +189,6 @@ def baseline(args) -> int:
 
 # ----------------------------------------------------------------------------- orchestration
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(cmd, timeout=1800):
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -221,18 +215,15 @@ def main(argv=None) -> int:
         return worker(args)
     if args.baseline:
         return baseline(args)
+    from bioprune.engine.runtime.launching import entry_command
+
     me = str(Path(__file__).resolve())
     tmp = Path(tempfile.mkdtemp(prefix="bench_select_"))
     results = []
     try:
         for w in args.ranks:
             out = tmp / f"w{w}.json"
-            if w == 1:
-                cmd = [sys.executable, me, "--worker", "--out", str(out)] + _common(args)
-            else:
-                ds = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or "deepspeed"
-                cmd = [ds, "--num_gpus", str(w), "--master_port", str(_free_port()), me,
-                       "--worker", "--out", str(out)] + _common(args)
+            cmd = entry_command(me, ["--worker", "--out", out, *_common(args)], w)
             print(f"running {w} rank(s) ...", flush=True)
             _run(cmd)
             results += [dict(r, method=f"bioprune, {w} rank(s)") for r in json.loads(out.read_text())]

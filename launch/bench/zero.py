@@ -1,5 +1,5 @@
 """Peak memory and time per rank of the real scoring run (adapt + Fisher + scores) for ZeRO
-stage 0 vs 3 on 1 vs 2 ranks: the table of issue 11.
+stage 0 vs 3 on 1 vs 2 ranks: the README's ZeRO table.
 
     python launch/bench/zero.py --model esmc --model-size 600m --runs 3:2 0:1 3:1 \\
         --out runs/bench_zero/esmc600m
@@ -81,13 +81,9 @@ def command(args, data: Path, stage: int, ranks: int, out: Path) -> list[str]:
              "--chunk-size", str(args.n), "--zero-stage", str(stage), "--out", str(out)]
     if stage == 3 and args.offload != "none":
         flags += ["--offload", args.offload]
-    script = str(ROOT / "launch" / "score.py")
-    if ranks == 1:
-        return [sys.executable, script, *flags]
-    launcher = str(Path(sys.executable).parent / "deepspeed")
-    from bioprune.engine.runtime.distributed import free_port
+    from bioprune.engine.runtime.launching import entry_command
 
-    return [launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), script, *flags]
+    return entry_command(ROOT / "launch" / "score.py", flags, ranks)
 
 
 def tokens(run: Path, max_length: int) -> int:
