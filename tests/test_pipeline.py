@@ -180,6 +180,45 @@ def test_sigterm_to_the_launcher_stops_every_rank_then_resume(one_rank, corpus_f
     np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
 
 
+def test_resume_over_a_damaged_part_rescores_it(one_rank, corpus_files, tmp_path):
+    """A part truncated by a machine crash (renamed into place, ``_SUCCESS`` absent): the rerun
+    names it, deletes it, scores that chunk again and ends with the uninterrupted run's scores;
+    no traceback. The other parts are kept untouched."""
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(one_rank, out)
+    scores = out / "scores"
+    (scores / "_SUCCESS").unlink()
+    bad = scores / "part-000003.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])              # truncated: no footer
+    (scores / "part-000005.parquet").write_bytes(b"")    # empty
+    keep = {p.name: p.stat().st_mtime_ns for p in scores.glob("part-*.parquet")
+            if p.name not in ("part-000003.parquet", "part-000005.parquet")}
+    p = run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)])
+    assert "part-000003.parquet is damaged" in p.stderr and "scoring chunk 3 again" in p.stderr
+    assert "part-000005.parquet is damaged" in p.stderr and "Traceback" not in p.stderr
+    for name, stamp in keep.items():
+        assert (scores / name).stat().st_mtime_ns == stamp, f"{name} was recomputed"
+    a, b = read_scores(one_rank / "scores"), read_scores(scores)
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["resumed_chunks"] == len(keep)
+
+
+def test_part_problem_reads_only_the_footer(tmp_path):
+    from bioprune.engine.io import scores as S
+
+    path = S.write_part(tmp_path, 2, index=np.arange(16, 24), score=np.ones(8),
+                        length=np.full(8, 5), loss=np.ones(8, np.float32))
+    assert S.part_problem(path, 16, 24) is None
+    assert "rows" in S.part_problem(path, 16, 25)
+    assert "outside" in S.part_problem(path, 8, 16)
+    path.write_bytes(path.read_bytes()[:-20])
+    assert S.part_problem(path, 16, 24).startswith("unreadable")
+
+
 def read_scores_part(path: Path):
     import pyarrow.parquet as pq
 

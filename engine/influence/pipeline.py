@@ -10,6 +10,7 @@ Collective: every rank calls :func:`run_scoring` with the same settings.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,6 +420,26 @@ def _score_all(run: _Run, params, weights) -> Path:
     scores_dir.mkdir(parents=True, exist_ok=True)
     n_chunks = math.ceil(n / s.chunk_size)
     run.resumed = scores_io.finished_chunks(scores_dir)
+    # a part is trusted only once its footer checks out; each rank checks the chunks it owns
+    damaged = []
+    for c in sorted(run.resumed):
+        if c % run.world != run.rank:
+            continue
+        path = scores_io.part_path(scores_dir, c)
+        why = scores_io.part_problem(path, c * s.chunk_size, min(n, (c + 1) * s.chunk_size))
+        if why is not None:
+            print(f"score part {path.name} is damaged ({why}): deleted, scoring chunk {c} again",
+                  file=sys.stderr, flush=True)
+            path.unlink(missing_ok=True)
+            (mass_dir / f"mass-{c:06d}.json").unlink(missing_ok=True)
+            damaged.append(c)
+    if run.world > 1:   # every rank's count of resumed parts agrees
+        import torch.distributed as dist
+
+        everyone = [None] * run.world
+        dist.all_gather_object(everyone, damaged)
+        damaged = [c for part in everyone for c in part]
+    run.resumed -= set(damaged)
     todo = [c for c in range(n_chunks) if c % run.world == run.rank and c not in run.resumed]
     chunks = [(c, np.arange(c * s.chunk_size, min(n, (c + 1) * s.chunk_size), dtype=np.int64))
               for c in todo]

@@ -13,7 +13,9 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path in the same directory; rename it onto ``path`` on success.
 
     The temporary name starts with '.' and ends with '.tmp' so readers that list a directory
-    (score parts, say) never pick up a half-written file.
+    (score parts, say) never pick up a half-written file. The file's data is flushed to disk
+    before the rename and the directory entry after it, so a machine that crashes right after
+    cannot leave a renamed but empty or truncated file (a score part that looks finished).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,11 +24,28 @@ def atomic_path(path: str | os.PathLike):
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
     try:
         yield Path(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync(path) -> None:
+    """Flush a file's (or a directory's entries') data to disk; best effort where a filesystem
+    cannot (a directory fsync is refused on some network filesystems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -122,6 +122,30 @@ def finished_chunks(scores_dir) -> set[int]:
     return out
 
 
+def part_problem(path, first: int, stop: int) -> str | None:
+    """Why the part at ``path`` cannot be trusted as chunk [first, stop) of the corpus, or None.
+    Reads only the Parquet footer: readable, the four columns, ``stop - first`` rows, and the
+    index column's statistics inside [first, stop). A crash of the machine (not the process:
+    parts are renamed into place whole) can leave a truncated part."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError: all mean "damaged"
+        return f"unreadable ({type(e).__name__}: {str(e)[:120]})"
+    names = list(meta.schema.names)
+    if names != list(COLUMNS):
+        return f"columns {names}, expected {list(COLUMNS)}"
+    if meta.num_rows != stop - first:
+        return f"{meta.num_rows} rows, expected {stop - first}"
+    col = names.index("index")
+    for g in range(meta.num_row_groups):
+        st = meta.row_group(g).column(col).statistics
+        if st is not None and st.has_min_max and not (first <= st.min and st.max < stop):
+            return f"indices {st.min}..{st.max} outside {first}..{stop - 1}"
+    return None
+
+
 def write_success(scores_dir, n_rows: int) -> Path:
     """Mark the scores directory finished; written last, holds the number of rows."""
     path = Path(scores_dir) / SUCCESS
