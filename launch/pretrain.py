@@ -48,6 +48,14 @@ def parse_args(argv=None):
     g.add_argument("--heldout-size", type=int, default=1000,
                    help="sequences of the corpus held out for the per-epoch MLM loss/perplexity "
                         "(removed from the training set); 0 disables")
+    c = p.add_argument_group("checkpoints (resume, preemption)")
+    c.add_argument("--save-steps", type=int, default=None, metavar="N",
+                   help="also checkpoint every N optimizer steps (default: at each epoch's end "
+                        "only); a rerun resumes from the last one on exactly the batches an "
+                        "unbroken run takes. SIGTERM/SIGHUP (Slurm's --signal, a time limit) "
+                        "always checkpoints at the current step, then exits 143")
+    c.add_argument("--save-total-limit", type=int, default=None, metavar="K",
+                   help="keep only the K most recent checkpoints (default: every one)")
     p.add_argument("--out", required=True, help="output directory")
     add_deepspeed_args(p)
     args = p.parse_args(argv)

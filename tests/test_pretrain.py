@@ -119,3 +119,48 @@ def test_pretrain_extended_steps_match_an_unbroken_run(tmp_path):
             check=False)
     assert p.returncode == 2 and "other settings" in p.stderr
     assert json.loads((extended / "manifest.json").read_text()) == b
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resumes_like_an_unbroken_run(tmp_path):
+    """Preemption: --save-steps checkpoints every N steps (only the newest K kept); SIGTERM (a
+    scheduler's time limit, Slurm's --signal) checkpoints at the current step and exits 143; the
+    rerun resumes there and ends with the unbroken run's weights and epoch losses."""
+    import signal
+    import subprocess
+    import time
+
+    from pipeline_utils import command, env
+
+    files = small_corpus(tmp_path, n_fasta=30, n_csv=30)
+    common = ["--data", *files, "--model", "rnafm", "--model-size", "tiny", "--max-length", "64",
+              "--all", "--heldout-size", "6", "--warmup", "3", "--micro-batch-size", "8",
+              "--seed", "2", "--steps", "60", "--save-steps", "4", "--save-total-limit", "2"]
+    unbroken, stopped = tmp_path / "unbroken", tmp_path / "stopped"
+    run("pretrain.py", [*common, "--out", str(unbroken)])
+    proc = subprocess.Popen(command("pretrain.py", [*common, "--out", str(stopped)]), env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    progress = stopped / "checkpoints" / "progress.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["step"] >= 8:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-2000:])
+    assert "stopped by signal 15" in err and "Traceback" not in err
+    step = json.loads(progress.read_text())["step"]
+    assert 8 <= step < 60 and f"checkpointed at step {step}" in out
+    tags = sorted(d.name for d in (stopped / "checkpoints").iterdir() if d.is_dir())
+    assert len(tags) <= 2, tags                                   # --save-total-limit 2
+    run("pretrain.py", [*common, "--out", str(stopped)])
+    m = json.loads((stopped / "manifest.json").read_text())
+    assert m["counts"]["steps"] == 60 and m["counts"]["resumed_from_step"] == step
+    rows_a, rows_b = _epoch_rows(unbroken), _epoch_rows(stopped)
+    assert [r[:2] for r in rows_a] == [r[:2] for r in rows_b]
+    assert np.allclose([r[2] for r in rows_a], [r[2] for r in rows_b], rtol=0, atol=1e-6)
+    wa, wb = _final_state(unbroken), _final_state(stopped)
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)

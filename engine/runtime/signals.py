@@ -10,21 +10,26 @@ SIGTERM died without releasing its ``--out`` lock or its shared-memory buffer.
   they are renamed into place, the lock is released, one line, exit 128 + signal). A rank blocked
   in a collective whose peer already left cannot take that path, so a timer ends the process
   after ``grace_s`` regardless, releasing the lock and the buffer first.
+* :func:`deferred` (training): inside it a signal is only recorded; the loop asks
+  :func:`pending` after each optimizer step, checkpoints where it is, then raises
+  :class:`Terminated` itself, so a preempted pretraining loses no step.
 * :func:`watch_launcher` (ranks started by ``deepspeed``): a thread watches the launcher
   processes above this rank and signals this rank when one of them is gone, so killing the
   launcher stops the job.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
 
-__all__ = ["Terminated", "install", "watch_launcher", "exit_code"]
+__all__ = ["Terminated", "install", "deferred", "pending", "watch_launcher", "exit_code"]
 
 GRACE_S = 10.0
 _STOPPING = threading.Event()
+_DEFER = {"depth": 0, "signum": None}   # inside deferred(): the signal waits for the loop
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,6 +60,9 @@ def install(cleanup=lambda: None):
         return lambda: None
 
     def handler(signum, frame):
+        if _DEFER["depth"]:
+            _DEFER["signum"] = _DEFER["signum"] or signum
+            return
         if not _STOPPING.is_set():
             _STOPPING.set()
             threading.Thread(target=_hard_exit, args=(signum, cleanup), daemon=True).start()
@@ -66,6 +74,29 @@ def install(cleanup=lambda: None):
         for s, h in old.items():
             signal.signal(s, h)
     return restore
+
+
+@contextlib.contextmanager
+def deferred():
+    """Record SIGTERM / SIGHUP instead of stopping at once; the caller polls :func:`pending` at
+    points where stopping is safe. A signal still pending when the block ends stops then."""
+    _DEFER["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFER["depth"] -= 1
+    if not _DEFER["depth"] and _DEFER["signum"]:
+        signum, _DEFER["signum"] = _DEFER["signum"], None
+        raise Terminated(signum)
+
+
+def pending() -> int | None:
+    """The signal recorded inside :func:`deferred`, or None."""
+    return _DEFER["signum"]
+
+
+def clear_pending() -> None:
+    _DEFER["signum"] = None
 
 
 def _stat(pid: int) -> tuple[int, str] | None:

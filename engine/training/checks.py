@@ -34,6 +34,8 @@ def check_pretrain_settings(s) -> None:
     v.positive_int("grad_accum", s.grad_accum)
     v.positive_int("seed", s.seed, minimum=0)
     v.positive_int("heldout_size", s.heldout_size, minimum=0)
+    v.positive_int("save_steps", s.save_steps)
+    v.positive_int("save_total_limit", s.save_total_limit)
     v.json_file("deepspeed_config", s.deepspeed_config)
     v.offload(s.offload, s.zero_stage)
     check_model_inputs(s)

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bioprune.engine.runtime import distributed, hashing
+from bioprune.engine.runtime import distributed, hashing, signals
 from bioprune.engine.io.atomic import write_json, write_text
 from bioprune.engine.data.batching import IGNORE, make_batch, per_sample_loss
 from bioprune.engine.runtime.errors import fail
@@ -43,6 +44,8 @@ class TrainSettings:
     grad_accum: int = 1
     max_steps: int | None = None  # stop after this many optimizer steps (compute-matched runs)
     offload: str = "none"         # "cpu": ZeRO-Infinity offload of the stage-3 partitions
+    save_steps: int | None = None        # also checkpoint every this many optimizer steps
+    save_total_limit: int | None = None  # keep only this many most recent checkpoints
 
 
 def load_ds_config(settings: TrainSettings) -> dict:
@@ -163,8 +166,6 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
     from the checkpoint's optimizer step (an epoch's end, or where an earlier ``max_steps``
     stopped inside an epoch) and skips the batches of that epoch already taken.
     """
-    from tqdm import tqdm
-
     rank, world = distributed.rank(), distributed.world_size()
     engine = make_engine(bundle, settings)
     per_epoch = steps_per_epoch(len(indices), settings.micro_batch_size, world, settings.grad_accum)
@@ -179,8 +180,36 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
     if start["train"]:   # the row of an epoch stopped part-way is rewritten when it ends
         rows = [r for r in rows if int(r["epoch"]) < start["epoch"]]
     t0 = time.time()
-    seen = 0
+    seen = [0]
     engine.train()
+    with signals.deferred():   # a SIGTERM waits for the end of the step, then checkpoints there
+        _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, writer,
+                checkpoint_dir, heldout, metrics_csv, progress_desc, rank, world, seen)
+    seen = seen[0]
+    if writer:
+        writer.close()
+    return {"engine": engine, "metrics": rows, "steps": engine.global_steps,
+            "seconds": time.time() - t0, "sequences": seen, "start_epoch": start["epoch"],
+            "start_step": start_step}
+
+
+def _stop_asked(world: int, device) -> int | None:
+    """The signal a stop was asked with on any rank (all ranks agree, so they checkpoint at the
+    same step), or None."""
+    signum = signals.pending() or 0
+    if world > 1:
+        flag = torch.tensor([signum], dtype=torch.int64, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum or None
+
+
+def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, writer,
+            checkpoint_dir, heldout, metrics_csv, progress_desc, rank, world, seen) -> None:
+    """The epochs of :func:`train` (``seen[0]`` counts the sequences), checkpointing at each
+    epoch's end, every ``save_steps`` and where a signal asks to stop."""
+    from tqdm import tqdm
+
     for epoch in range(start["epoch"], settings.epochs) if start["train"] else ():
         batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world,
                                settings.grad_accum)
@@ -192,6 +221,7 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
         # metrics.csv is the unbroken run's
         run_loss, n_loss = (start["loss_sum"], start["loss_count"]) if skip else (0.0, 0)
         t_epoch = time.time()
+        last_step = engine.global_steps
         for idx in bar:
             # new masks every epoch: the mask seed moves with the epoch, crops stay put
             b = make_batch(corpus, idx, bundle, settings.seed, settings.max_residues,
@@ -201,7 +231,7 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
             engine.step()
             run_loss += loss.item()  # (a mean over micro-batches; a step is grad_accum of them)
             n_loss += 1
-            seen += len(idx) * world
+            seen[0] += len(idx) * world
             if rank == 0:
                 bar.set_postfix(loss=f"{run_loss / n_loss:.3f}",
                                 seq_s=f"{len(idx) * world * n_loss / (time.time() - t_epoch):.1f}")
@@ -210,6 +240,20 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
                 writer.add_scalar("train/lr", engine.get_lr()[0], engine.global_steps)
             if settings.max_steps and engine.global_steps >= settings.max_steps:
                 break   # compute-matched: the last epoch stops at the step budget
+            if engine.global_steps == last_step:
+                continue   # inside a gradient accumulation: checkpoints only between steps
+            last_step = engine.global_steps
+            signum = _stop_asked(world, engine.device)
+            if checkpoint_dir and (signum or (settings.save_steps and
+                                              engine.global_steps % settings.save_steps == 0)):
+                _save_checkpoint(engine, checkpoint_dir, epoch, per_epoch, run_loss, n_loss,
+                                 settings.save_total_limit)
+            if signum:
+                signals.clear_pending()
+                if rank == 0:
+                    print(f"signal {signum}: checkpointed at step {engine.global_steps} in "
+                          f"{checkpoint_dir}", flush=True)
+                raise signals.Terminated(signum)
         row = {"epoch": epoch, "step": engine.global_steps, "train_loss": run_loss / max(n_loss, 1),
                "seconds": time.time() - t_epoch}
         if heldout is not None and len(heldout):
@@ -222,12 +266,8 @@ def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, check
         if rank == 0 and metrics_csv:
             _write_metrics(metrics_csv, rows)
         if checkpoint_dir:
-            _save_checkpoint(engine, checkpoint_dir, epoch, per_epoch, run_loss, n_loss)
-    if writer:
-        writer.close()
-    return {"engine": engine, "metrics": rows, "steps": engine.global_steps,
-            "seconds": time.time() - t0, "sequences": seen, "start_epoch": start["epoch"],
-            "start_step": start_step}
+            _save_checkpoint(engine, checkpoint_dir, epoch, per_epoch, run_loss, n_loss,
+                             settings.save_total_limit)
 
 
 def _last_step(settings: TrainSettings, per_epoch: int) -> int:
@@ -237,17 +277,45 @@ def _last_step(settings: TrainSettings, per_epoch: int) -> int:
 
 
 def _save_checkpoint(engine, checkpoint_dir, epoch: int, per_epoch: int, loss_sum: float,
-                     loss_count: int) -> None:
-    """A checkpoint after ``epoch``, or after the part of it a ``max_steps`` run took (its own
-    tag, so the epoch's end, if a longer run reaches it, does not overwrite it)."""
+                     loss_count: int, keep: int | None = None) -> None:
+    """A checkpoint after ``epoch``, or after the part of it taken so far (``max_steps``,
+    ``save_steps``, a signal: its own tag, so the epoch's end, when reached, does not overwrite
+    it); then only the ``keep`` newest are kept. A step already checkpointed is not saved twice."""
     complete = engine.global_steps == (epoch + 1) * per_epoch
     tag = f"epoch{epoch}" if complete else f"epoch{epoch}-step{engine.global_steps}"
+    if (Path(checkpoint_dir) / tag).is_dir() and checkpoint_step(checkpoint_dir) == \
+            engine.global_steps:
+        return
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={
         "epoch": epoch, "steps_per_epoch": per_epoch, "loss_sum": loss_sum,
         "loss_count": loss_count})
     if distributed.is_main():
         write_json(Path(checkpoint_dir) / PROGRESS,
                    {"tag": tag, "step": engine.global_steps, "epoch": epoch})
+    if keep:
+        distributed.barrier()          # every rank's shard of this checkpoint is written
+        if distributed.is_main():
+            _drop_old_checkpoints(Path(checkpoint_dir), per_epoch, keep, tag)
+
+
+def _tag_step(tag: str, per_epoch: int) -> int | None:
+    """The optimizer step a checkpoint tag stands for (``epochE`` or ``epochE-stepS``)."""
+    m = re.fullmatch(r"epoch(\d+)(?:-step(\d+))?", tag)
+    if not m:
+        return None
+    return int(m.group(2)) if m.group(2) else (int(m.group(1)) + 1) * per_epoch
+
+
+def _drop_old_checkpoints(directory: Path, per_epoch: int, keep: int, newest: str) -> None:
+    """Delete all but the ``keep`` most recent checkpoint tags (never ``newest``)."""
+    import shutil
+
+    tags = [(step, d.name) for d in directory.iterdir()
+            if d.is_dir() and (step := _tag_step(d.name, per_epoch)) is not None]
+    tags.sort()
+    for _, name in tags[:-keep]:
+        if name != newest:
+            shutil.rmtree(directory / name, ignore_errors=True)
 
 
 def checkpoint_step(checkpoint_dir) -> int | None:

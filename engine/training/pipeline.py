@@ -41,6 +41,8 @@ class PretrainSettings(ModelInputs):
     grad_accum: int = 1
     seed: int = 0
     heldout_size: int = 1000
+    save_steps: int | None = None        # checkpoint every N steps too (not part of the identity)
+    save_total_limit: int | None = None  # keep the K newest checkpoints
     zero_stage: int = 2
     offload: str = "none"
     deepspeed_config: str | None = None
@@ -101,7 +103,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
         lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup, schedule="inverse_sqrt",
         epochs=epochs, micro_batch_size=s.micro_batch_size, seed=s.seed, max_residues=max_res,
         zero_stage=s.zero_stage, ds_config=s.deepspeed_config, grad_accum=s.grad_accum,
-        max_steps=s.steps, offload=s.offload)
+        max_steps=s.steps, offload=s.offload, save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit)
     manifest = None
     if rank == 0:
         save_npy(out / "heldout.npy", heldout)
