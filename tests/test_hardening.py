@@ -370,6 +370,31 @@ def test_rendezvous_port_taken_is_one_line(ctx, tmp_path):
     assert "deepspeed --master_port" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_two_jobs_on_one_port_do_not_kill_each_other(ctx, tmp_path):
+    """Two 2-rank jobs started together on the same rendezvous port (as two jobs without
+    --master_port both get 29500): one finishes with the right coreset, the other ends with the
+    one-line port message; neither has a traceback (before: the loser's rank 1 joined the
+    winner's group as a duplicate rank and both died)."""
+    from pipeline_utils import free_port
+
+    port = str(free_port())
+    launcher = str(Path(sys.executable).parent / "deepspeed")
+    procs = [subprocess.Popen([launcher, "--num_gpus", "2", "--master_port", port,
+                               str(LAUNCH / "select_coreset.py"), "--scores", ctx["run"],
+                               "--strategy", "cci", "--budget", "10",
+                               "--out", str(tmp_path / f"s{k}")], env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], [(r[0], r[2][-1500:]) for r in results]
+    loser = next(r for r in results if r[0] == 2)
+    assert f"rendezvous port {port} is already in use" in loser[2]
+    assert all("Traceback" not in r[2] for r in results)
+    winner = next(k for k, r in enumerate(results) if r[0] == 0)
+    assert len(np.load(tmp_path / f"s{winner}" / "coreset.npy")) == 10
+
+
 def test_mpi_without_master_port_picks_a_free_port(ctx, tmp_path):
     # DeepSpeed's MPI discovery would put every job on port 29500; bioprune's rank 0 picks a
     # free port and broadcasts it (MASTER_PORT, when set, is used as given)

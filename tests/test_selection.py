@@ -442,3 +442,36 @@ def test_select_from_scores(run_dir):
     np.testing.assert_array_equal(r.indices, ref_select(idx, score, "random", 300, seed=4))
     with pytest.raises(SelectionError, match="exactly one"):
         select_from_scores(run / "scores", "topk")
+
+
+def test_cli_coreset_table_keys_the_coreset_by_id(run_dir, tmp_path):
+    """coreset.tsv beside coreset.fasta: index, record id, score, CCI stratum per coreset record;
+    the scores are the scored values and the strata the brute-force reference's (per stratum,
+    as many rows as its budget)."""
+    import pandas as pd
+
+    run, idx, score = run_dir
+    fa = _fasta(tmp_path / "corpus.fasta", 1200)
+    out = tmp_path / "sel"
+    assert _cli().main(["--scores", str(run / "scores"), "--strategy", "cci", "--budget", "100",
+                        "--strata", "10", "--seed", "3", "--out", str(out), "--data", str(fa),
+                        "--no-plot"]) == 0
+    t = pd.read_csv(out / "coreset.tsv", sep="\t")
+    core = np.load(out / "coreset.npy")
+    assert list(t.columns) == ["index", "id", "score", "stratum"]
+    np.testing.assert_array_equal(t["index"].to_numpy(), core)
+    assert t["id"].tolist() == [f"seq{i}" for i in core]
+    by_index = np.empty(len(idx))
+    by_index[idx] = score
+    np.testing.assert_array_equal(t["score"].to_numpy(), by_index[core])
+    _, det = ref_cci(idx, score, 100, 0.05, 10, 3)
+    counts = np.bincount(t["stratum"].to_numpy(), minlength=10)
+    assert counts.tolist() == det["budgets"]
+    rep = json.loads((out / "selection.json").read_text())
+    assert rep["table"] == "coreset.tsv"
+    # Random uses no score: the columns stay, empty
+    out2 = tmp_path / "rnd"
+    assert _cli().main(["--scores", str(run / "scores"), "--strategy", "random", "--budget", "5",
+                        "--out", str(out2), "--data", str(fa), "--no-plot"]) == 0
+    t2 = pd.read_csv(out2 / "coreset.tsv", sep="\t")
+    assert len(t2) == 5 and t2["score"].isna().all() and t2["stratum"].isna().all()

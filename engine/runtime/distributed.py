@@ -55,6 +55,7 @@ def init(backend: str | None = None) -> tuple[int, int]:
                                        auto_mpi_discovery=True, verbose=False,
                                        distributed_port=mpi_master_port())
         else:
+            _join_own_job(backend or default_backend())
             deepspeed.init_distributed(dist_backend=backend or default_backend())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -62,6 +63,55 @@ def init(backend: str | None = None) -> tuple[int, int]:
         share_cpu_cores()
     atexit.register(finalize)
     return dist.get_rank(), dist.get_world_size()
+
+
+def job_token() -> str:
+    """What the ranks of one launch share and another launch does not: ``BIOPRUNE_JOB_TOKEN``
+    when set, else Slurm's job and step, else (one node) the launcher process above the ranks
+    (its pid and start time). "" when none applies (several nodes without Slurm): no namespace."""
+    if os.environ.get("BIOPRUNE_JOB_TOKEN"):
+        return os.environ["BIOPRUNE_JOB_TOKEN"]
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '')}"
+    local = os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE")
+    if local and local == os.environ.get("WORLD_SIZE"):    # every rank on this node
+        from bioprune.engine.runtime.signals import launcher_ancestors
+
+        above = launcher_ancestors()
+        if above:
+            return f"launch-{above[0][0]}-{above[0][1]}"
+    return ""
+
+
+def _join_own_job(backend: str) -> None:
+    """Form the process group on a rendezvous store namespaced by :func:`job_token`, and make
+    sure the store's server belongs to this job. Two jobs started together on one port: the one
+    whose rank 0 cannot bind ends with the port message on rank 0, and its other ranks, which
+    reached the other job's server, see another job's token there and end with the same message
+    instead of joining that job as duplicate ranks (which killed it, measured)."""
+    from datetime import timedelta
+
+    token = job_token()
+    if not token:
+        return                       # DeepSpeed's own env:// rendezvous
+    from bioprune.engine.runtime.errors import UsageError
+
+    rank_, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    timeout = timedelta(minutes=30)
+    store = dist.TCPStore(host, port, world, is_master=rank_ == 0, timeout=timeout,
+                          wait_for_workers=False)
+    if rank_ == 0:
+        store.set("bioprune/job", token)
+    else:
+        store.set_timeout(timedelta(seconds=60))
+        owner = store.get("bioprune/job").decode()
+        store.set_timeout(timeout)
+        if owner != token:
+            raise UsageError(f"rendezvous port {port} is already in use by another job; pass a "
+                             "free port to the launcher: deepspeed --master_port N ...")
+    dist.init_process_group(backend, store=dist.PrefixStore(token, store), rank=rank_,
+                            world_size=world, timeout=timeout)
 
 
 def mpi_master_port() -> int:

@@ -13,9 +13,9 @@ from pathlib import Path
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.errors import UsageError, fail
-from bioprune.engine.selection.report import CORESET, FASTA, PLOT, REPORT
+from bioprune.engine.selection.report import CORESET, FASTA, LENGTH_PLOT, PLOT, REPORT, TABLE
 
-FILES = (CORESET, REPORT, PLOT, FASTA)
+FILES = (CORESET, REPORT, PLOT, FASTA, TABLE, LENGTH_PLOT)   # one selection's outputs, one unit
 IDENTITY_KEYS = ("strategy", "budget", "fraction", "hard_cutoff", "strata", "seed", "data",
                  "molecule", "column", "id_column", "no_validate", "hist_bins", "no_plot",
                  "cluster_identity", "cluster_coverage", "cluster_mode")

@@ -59,11 +59,13 @@ __all__ = ["select", "SelectionResult", "SelectionError", "ScoresError",
 class SelectionResult:
     """``indices``: the coreset (int64 corpus indices, ascending) on rank 0, None elsewhere.
     ``local_indices``: the selected corpus indices held by this rank (unsorted).
-    ``report``: strategy, parameters, n, budget, strata, score summary, histogram (all ranks)."""
+    ``report``: strategy, parameters, n, budget, strata, score summary, histogram (all ranks).
+    ``scores``: the scores of ``indices``, in the same order (rank 0, when gathered)."""
 
     indices: np.ndarray | None
     local_indices: np.ndarray
     report: dict[str, Any]
+    scores: np.ndarray | None = None
 
 
 def _as_numpy(x, dtype) -> np.ndarray:
@@ -301,11 +303,16 @@ def _result(run: _Selection, sel_pos: np.ndarray, gather: bool) -> SelectionResu
     if n_sel != budget:
         raise RuntimeError(f"internal error: selected {n_sel} != budget {budget}")
     local_indices = run.index[sel_pos]
-    indices = None
+    indices = picked_scores = None
     if gather:
         parts = comm.gather_to_root(local_indices)
+        # the scores travel as their 64 bits (the gather moves int64), exact
+        score_parts = comm.gather_to_root(np.ascontiguousarray(score[sel_pos]).view(np.int64))
         if parts is not None:
-            indices = np.sort(np.concatenate(parts).astype(np.int64))
+            indices = np.concatenate(parts).astype(np.int64)
+            order = np.argsort(indices, kind="stable")
+            picked_scores = np.concatenate(score_parts).view(np.float64)[order]
+            indices = indices[order]
     run.lap("gather")
     qvals = run.vals[:len(run.quantiles)]
     out = {
@@ -333,7 +340,8 @@ def _result(run: _Selection, sel_pos: np.ndarray, gather: bool) -> SelectionResu
     run.timings["total"] = round(time.perf_counter() - run.t_start, 4)
     out["timings_s"] = run.timings
     out["allreduce_rounds"] = comm.rounds
-    return SelectionResult(indices=indices, local_indices=local_indices, report=out)
+    return SelectionResult(indices=indices, local_indices=local_indices, report=out,
+                           scores=picked_scores)
 
 
 def _bins(s, gmin, span, B):

@@ -87,8 +87,9 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
     ScoresError / SelectionError."""
     from bioprune.engine.selection.checks import begin_selection, write_unit
-    from bioprune.engine.selection.report import (FASTA, LENGTH_PLOT, plot_score_vs_length,
-                                                  write_fasta, write_outputs)
+    from bioprune.engine.selection.report import (FASTA, LENGTH_PLOT, TABLE,
+                                                  plot_score_vs_length, write_fasta,
+                                                  write_outputs, write_table)
 
     identity = begin_selection(s)    # every flag checked; another selection in --out refused
     if s.strategy == "cluster":
@@ -108,11 +109,15 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     if comm.rank == 0:
         try:
             if corpus is not None:
-                report["fasta"] = FASTA
+                report["fasta"], report["table"] = FASTA, TABLE
+
             def write(stage):
                 write_outputs(stage, result.indices, report, plot=not s.no_plot)
                 if corpus is not None:
                     write_fasta(corpus, result.indices, stage / FASTA)
+                    write_table(corpus, result.indices,
+                                None if s.strategy == "random" else result.scores, report,
+                                stage / TABLE)
                 if not s.no_plot:   # score against length, picked samples highlighted
                     plot_score_vs_length(s.scores, result.indices, stage / LENGTH_PLOT)
 
@@ -203,7 +208,8 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     MMseqs2 runs once, on rank 0, with ``s.threads`` threads; the others wait."""
     from bioprune.engine.selection.checks import write_unit
     from bioprune.engine.selection.cluster import select_cluster
-    from bioprune.engine.selection.report import FASTA, write_fasta, write_outputs
+    from bioprune.engine.selection.report import (FASTA, TABLE, write_fasta, write_outputs,
+                                                  write_table)
 
     comm = Comm()
     t0 = time.perf_counter()
@@ -223,11 +229,12 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
                           timings_s={"total": round(time.perf_counter() - t0, 4)})
             if s.fraction is not None:
                 report["fraction"] = s.fraction
-            report["fasta"] = FASTA
+            report["fasta"], report["table"] = FASTA, TABLE
 
             def write(stage):
                 write_outputs(stage, indices, report, plot=False)
                 write_fasta(corpus, indices, stage / FASTA)
+                write_table(corpus, indices, None, report, stage / TABLE)
 
             write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
             print(f"selected {len(indices):,} of {n:,} (cluster, {report['clusters']:,} MMseqs2 "

@@ -6,6 +6,8 @@
 - ``score_histogram.png``  log-count histogram of all scores (from the all-reduced bin counts) with
                            the strata edges, the hard cut-off and the picked mass
 - ``coreset.fasta``        with the corpus given
+- ``coreset.tsv``          with the corpus given: index, id, score, stratum (CCI) per coreset
+                           record, for joins on record ids (pandas, ``datasets.filter``, seqkit)
 - ``score_vs_length.png``  score against sequence length, picked samples highlighted, with
                            Spearman(score, length): shows when strata are really length bins
 """
@@ -21,6 +23,7 @@ CORESET = "coreset.npy"
 REPORT = "selection.json"
 PLOT = "score_histogram.png"
 FASTA = "coreset.fasta"
+TABLE = "coreset.tsv"
 LENGTH_PLOT = "score_vs_length.png"
 
 
@@ -74,6 +77,25 @@ def plot_histogram(report: dict, path) -> None:
     ax.set_title(f"{report['strategy']}: {report['budget']:,} of {report['n']:,} samples")
     ax.legend(loc="upper right", fontsize=8)
     _save(fig, path)
+
+
+def write_table(corpus, indices, scores, report: dict, path) -> None:
+    """coreset.tsv: one row per coreset record (ascending index): its corpus index, record id,
+    score (empty when the strategy used none) and CCI stratum (empty for other strategies)."""
+    from bioprune.engine.io.atomic import write_text
+    from bioprune.engine.selection.rules import stratum_of
+
+    idx = np.asarray(indices, dtype=np.int64)
+    strata = report.get("strata") or {}
+    stratum = (stratum_of(scores, strata["lo"], strata["hi"], strata["K"])
+               if scores is not None and "K" in strata else None)
+    lines = ["index\tid\tscore\tstratum"]
+    for k, i in enumerate(idx.tolist()):
+        rid = corpus.record_id(i).replace("\t", " ").replace("\n", " ")
+        sc = "" if scores is None else repr(float(scores[k]))
+        st = "" if stratum is None else str(int(stratum[k]))
+        lines.append(f"{i}\t{rid}\t{sc}\t{st}")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_fasta(corpus, indices, path) -> int:
