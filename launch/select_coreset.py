@@ -62,7 +62,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--cluster-mode", choices=("cluster", "linclust"), default="cluster",
                    help="easy-cluster (reproducible run to run) or easy-linclust (linear time, for "
                         "very large corpora; its clusters can differ between runs)")
-    c.add_argument("--threads", type=int, default=1, help="MMseqs2 threads")
+    c.add_argument("--threads", type=int, default=None,
+                   help="MMseqs2 threads (default: every core of the machine; the table is saved "
+                        "as OUT/clusters.tsv, so a coreset is reproducible from it)")
+    c.add_argument("--clusters", metavar="TSV", default=None,
+                   help="use this cluster table instead of running MMseqs2: representative<TAB>"
+                        "member lines by record id (MMseqs2's *_cluster.tsv, a selection's "
+                        "clusters.tsv, UniRef50 or Rfam memberships converted to it); every "
+                        "corpus record exactly once")
+    c.add_argument("--dedup", action="store_true",
+                   help="topk/cci/random: select among cluster representatives only (one record "
+                        "per cluster, from --clusters or MMseqs2), so near-copies cannot fill "
+                        "the coreset; the budget is still a count of records")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--data", nargs="*", default=None, metavar="PATH",
                    help="also write coreset.fasta from the corpus: the input files in corpus "
@@ -86,7 +97,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_run_args(p, inputs=False)
     add_local_rank_arg(p)
     args = p.parse_args(argv)
-    if args.strategy == "cluster" and args.data is None:
+    if args.dedup and args.strategy == "cluster":
+        p.error("--dedup is for topk/cci/random (--strategy cluster already keeps one per cluster)")
+    if args.clusters and not (args.dedup or args.strategy == "cluster"):
+        p.error("--clusters is used by --strategy cluster or --dedup")
+    if (args.strategy == "cluster" or args.dedup) and args.data is None:
         args.data = []   # the corpus is needed: the scoring run's inputs unless --data names them
     if args.hist_bins < 1:
         p.error("--hist-bins must be >= 1")

@@ -149,3 +149,80 @@ def test_selection_among_representatives_matches_brute_force(strategy):
     assert (rep[idx] == idx).all() and len(np.unique(rep[idx])) == 200
     with pytest.raises(ValueError, match="exactly once"):
         select_among_representatives(rep, perm[:-1], score[perm][:-1], strategy, 200)
+
+
+def _scores_run(tmp_path, corpus, name="scores"):
+    from bioprune.engine.io import scores as S
+
+    n = len(corpus)
+    rng = np.random.default_rng(5)
+    S.write_part(tmp_path / name, 0, index=np.arange(n), score=rng.gamma(2.0, 1.0, n),
+                 length=corpus.lengths, loss=np.ones(n, np.float32))
+    S.write_success(tmp_path / name, n)
+    return tmp_path / name
+
+
+def test_cluster_table_round_trip_and_reuse(tmp_path, corpus, clustered):
+    """The table a cluster selection leaves (clusters.tsv, by record id) reads back to the same
+    clusters, and --clusters reuses it: the same coreset without running MMseqs2."""
+    import json
+
+    from bioprune.engine.selection.cluster_table import read_cluster_table, write_cluster_table
+    from pipeline_utils import run
+
+    rep, _ = clustered
+    write_cluster_table(tmp_path / "t.tsv", rep, corpus)
+    np.testing.assert_array_equal(read_cluster_table(tmp_path / "t.tsv", corpus), rep)
+    scores = _scores_run(tmp_path, corpus)
+    run("select_coreset.py", ["--scores", str(scores), "--strategy", "cluster", "--budget", "30",
+                              "--seed", "2", "--data", *corpus.paths, "--clusters",
+                              str(tmp_path / "t.tsv"), "--out", str(tmp_path / "sel")])
+    got = np.load(tmp_path / "sel" / "coreset.npy")
+    np.testing.assert_array_equal(got, select_from_clusters(rep, 30, seed=2)[0])
+    report = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert report["table"].endswith("t.tsv") and "command" not in report   # no MMseqs2 run
+    np.testing.assert_array_equal(
+        read_cluster_table(tmp_path / "sel" / "clusters.tsv", corpus), rep)
+
+
+def test_dedup_selection_matches_the_in_process_one_on_1_and_2_ranks(tmp_path, corpus,
+                                                                       clustered):
+    from bioprune.engine.io.scores import read_scores
+    from bioprune.engine.selection.cluster import select_among_representatives
+    from bioprune.engine.selection.cluster_table import write_cluster_table
+    from pipeline_utils import run
+
+    rep, _ = clustered
+    write_cluster_table(tmp_path / "t.tsv", rep, corpus)
+    scores = _scores_run(tmp_path, corpus)
+    d = read_scores(scores, columns=("index", "score"))
+    want, _ = select_among_representatives(rep, d["index"], d["score"], "cci", 25, seed=1,
+                                           strata=5)
+    for ranks in (1, 2):
+        out = tmp_path / f"dedup{ranks}"
+        run("select_coreset.py", ["--scores", str(scores), "--strategy", "cci", "--budget", "25",
+                                  "--strata", "5", "--seed", "1", "--dedup", "--clusters",
+                                  str(tmp_path / "t.tsv"), "--data", *corpus.paths,
+                                  "--out", str(out)], ranks=ranks)
+        np.testing.assert_array_equal(np.load(out / "coreset.npy"), want)
+        assert (out / "clusters.tsv").exists() and (out / "coreset.tsv").exists()
+    assert len(np.unique(rep[want])) == 25 and (rep[want] == want).all()
+
+
+def test_bad_cluster_tables_are_one_line(tmp_path, corpus):
+    from bioprune.engine.runtime.errors import UsageError
+    from bioprune.engine.selection.cluster_table import read_cluster_table
+
+    ids = [corpus.record_id(i) for i in range(len(corpus))]
+    cases = {
+        "missing": ("\n".join(f"{i}\t{i}" for i in ids[1:]), "1 records of the corpus are in no"),
+        "unknown": (f"{ids[0]}\tnot_a_record\n", "'not_a_record' is not in the corpus"),
+        "twice": ("\n".join([f"{i}\t{i}" for i in ids] + [f"{ids[1]}\t{ids[0]}"]),
+                  "is a member of two clusters"),
+        "columns": ("just_one_column\n", "expected representative<TAB>member"),
+    }
+    for name, (text, msg) in cases.items():
+        p = tmp_path / f"{name}.tsv"
+        p.write_text(text + "\n")
+        with pytest.raises(UsageError, match=msg.replace("(", r"\(")):
+            read_cluster_table(p, corpus)

@@ -13,12 +13,14 @@ from pathlib import Path
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.errors import UsageError, fail
+from bioprune.engine.selection.cluster_table import TABLE as CLUSTERS
 from bioprune.engine.selection.report import CORESET, FASTA, LENGTH_PLOT, PLOT, REPORT, TABLE
 
-FILES = (CORESET, REPORT, PLOT, FASTA, TABLE, LENGTH_PLOT)   # one selection's outputs, one unit
+# one selection's outputs, replaced as one unit
+FILES = (CORESET, REPORT, PLOT, FASTA, TABLE, LENGTH_PLOT, CLUSTERS)
 IDENTITY_KEYS = ("strategy", "budget", "fraction", "hard_cutoff", "strata", "seed", "data",
                  "molecule", "column", "id_column", "no_validate", "hist_bins", "no_plot",
-                 "cluster_identity", "cluster_coverage", "cluster_mode")
+                 "cluster_identity", "cluster_coverage", "cluster_mode", "clusters", "dedup")
 
 
 def resolve_scores(path: str) -> str:
@@ -44,6 +46,9 @@ def check_select_settings(s) -> None:
     v.positive_int("strata", s.strata)
     v.positive_int("seed", s.seed, minimum=0)
     v.positive_int("hist_bins", s.hist_bins)
+    v.positive_int("threads", s.threads)
+    if s.clusters is not None:
+        v.readable_file("clusters", s.clusters, "cluster table (representative<TAB>member TSV)")
     if s.corpus_cache is not None and Path(s.corpus_cache).exists() \
             and not Path(s.corpus_cache).is_dir():
         fail(f"--corpus-cache {s.corpus_cache}: is a file, not a directory")

@@ -181,7 +181,9 @@ def select_among_representatives(rep: np.ndarray, index: np.ndarray, score: np.n
 
     The exact selection runs over positions 0..m-1 of the m representatives (ascending corpus
     index), so its hard cut-off and strata are over the representatives' scores and its hashed
-    picks are keyed by that position; the picks are mapped back to corpus indices."""
+    picks are keyed by that position; the picks are mapped back to corpus indices. One process;
+    ``select_coreset.py --dedup`` does the same on every rank's share."""
+    from bioprune.engine.selection.cluster_table import representatives_only
     from bioprune.engine.selection.exact import select
 
     rep = np.asarray(rep, dtype=np.int64)
@@ -189,11 +191,9 @@ def select_among_representatives(rep: np.ndarray, index: np.ndarray, score: np.n
     index = np.asarray(index, dtype=np.int64)
     if len(index) != n or not np.array_equal(np.sort(index), np.arange(n)):
         raise ValueError(f"the scores do not cover the cluster table's {n} records exactly once")
-    by_index = np.empty(n, dtype=np.float64)
-    by_index[index] = np.asarray(score, dtype=np.float64)
-    reps = np.flatnonzero(rep == np.arange(n))
-    res = select(np.arange(len(reps)), by_index[reps], strategy, int(budget), **select_kwargs)
-    chosen = np.sort(reps[res.indices]).astype(np.int64)
+    pos, sc, reps = representatives_only(rep, index, score)
+    res = select(pos, sc, strategy, int(budget), **select_kwargs)
+    chosen = reps[res.indices].astype(np.int64)        # ascending: reps and picks both are
     report = {**res.report, "strategy": f"{strategy} among cluster representatives",
               "n": n, "representatives": int(len(reps)), "selected": int(len(chosen)),
               "note": "the selection ran over the representatives' scores (positions among "

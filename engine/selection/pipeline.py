@@ -42,15 +42,18 @@ class SelectSettings:
     cluster_identity: float = 0.5     # --strategy cluster: MMseqs2 --min-seq-id
     cluster_coverage: float = 0.8     # MMseqs2 -c (coverage of query and target)
     cluster_mode: str = "cluster"     # easy-cluster (reproducible) or easy-linclust (linear time)
-    threads: int = 1
+    threads: int | None = None        # MMseqs2 threads; None = every core
+    clusters: str | None = None       # a representative/member TSV by id instead of MMseqs2
+    dedup: bool = False               # topk/cci/random among cluster representatives only
     overwrite: bool = False            # replace another selection's outputs in out
 
 
 def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
                        fraction: float | None = None, comm: Comm | None = None,
-                       **kwargs) -> SelectionResult:
+                       rep: np.ndarray | None = None, **kwargs) -> SelectionResult:
     """Collective: read this rank's share of a finished scores directory and :func:`select`.
-    Give ``budget`` or ``fraction`` (budget = floor(fraction * n))."""
+    Give ``budget`` or ``fraction`` (budget = floor(fraction * n)). With ``rep`` (a cluster
+    table, every rank), only cluster representatives are selected from."""
     comm = comm or Comm()
     if (budget is None) == (fraction is None):
         raise SelectionError("give exactly one of budget and fraction")
@@ -59,7 +62,23 @@ def select_from_scores(scores_dir, strategy: str, budget: int | None = None,
     t_read = time.perf_counter() - t0
     if budget is None:
         budget = fraction_budget(strategy, fraction, n, kwargs.get("hard_cutoff", 0.05))
-    result = select(data["index"], data["score"], strategy, budget, n=n, comm=comm, **kwargs)
+    if rep is not None:   # dedup: the exact selection over the representatives' positions
+        from bioprune.engine.selection.cluster_table import representatives_only
+
+        if len(rep) != n:
+            raise SelectionError(f"the cluster table has {len(rep):,} records, the scores {n:,}")
+        pos, sc, reps = representatives_only(rep, data["index"], data["score"])
+        result = select(pos, sc, strategy, budget, n=len(reps), comm=comm, **kwargs)
+        result.local_indices = reps[result.local_indices]
+        if result.indices is not None:
+            result.indices = reps[result.indices]
+        result.report["dedup"] = {"representatives": int(len(reps)), "n": int(n),
+                                  "rule": "the selection ran over the cluster representatives' "
+                                          "scores; positions among them key the hashed picks"}
+        result.report["n"] = n
+    else:
+        result = select(data["index"], data["score"], strategy, budget, n=n, comm=comm,
+                        **kwargs)
     result.report["scores_dir"] = str(Path(scores_dir).absolute())
     result.report["timings_s"]["read_scores"] = round(t_read, 4)
     if fraction is not None:
@@ -87,6 +106,8 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     """Select and write ``s.out`` (rank 0). Errors are raised on every rank together as
     ScoresError / SelectionError."""
     from bioprune.engine.selection.checks import begin_selection, write_unit
+    from bioprune.engine.selection.cluster_table import TABLE as CLUSTERS
+    from bioprune.engine.selection.cluster_table import write_cluster_table
     from bioprune.engine.selection.report import (FASTA, LENGTH_PLOT, TABLE,
                                                   plot_score_vs_length, write_fasta,
                                                   write_outputs, write_table)
@@ -99,7 +120,8 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     # the corpus is opened (and checked against n) before the selection's heavy work
     n = read_share_count(s.scores, comm) if s.data is not None else None
     corpus = _open_corpus(s, n, comm) if s.data is not None else None
-    result = select_from_scores(s.scores, s.strategy, s.budget, s.fraction, comm,
+    rep = shared_cluster_table(s, corpus, comm) if s.dedup else None
+    result = select_from_scores(s.scores, s.strategy, s.budget, s.fraction, comm, rep=rep,
                                 hard_cutoff=s.hard_cutoff, strata=s.strata, seed=s.seed,
                                 validate=not s.no_validate, hist_bins=s.hist_bins)
     report, err = result.report, None
@@ -110,6 +132,8 @@ def run_selection(s: SelectSettings) -> SelectionResult:
         try:
             if corpus is not None:
                 report["fasta"], report["table"] = FASTA, TABLE
+            if rep is not None:
+                report["clusters_table"] = CLUSTERS
 
             def write(stage):
                 write_outputs(stage, result.indices, report, plot=not s.no_plot)
@@ -118,6 +142,8 @@ def run_selection(s: SelectSettings) -> SelectionResult:
                     write_table(corpus, result.indices,
                                 None if s.strategy == "random" else result.scores, report,
                                 stage / TABLE)
+                if rep is not None:
+                    write_cluster_table(stage / CLUSTERS, rep, corpus)
                 if not s.no_plot:   # score against length, picked samples highlighted
                     plot_score_vs_length(s.scores, result.indices, stage / LENGTH_PLOT)
 
@@ -131,6 +157,46 @@ def run_selection(s: SelectSettings) -> SelectionResult:
             err = f"writing the outputs failed: {e}"
     raise_together(comm, err, SelectionError)
     return result
+
+
+def cluster_table(s: SelectSettings, corpus) -> tuple[np.ndarray, dict]:
+    """(rep, info) of the corpus: read from ``--clusters`` or computed by MMseqs2 (one process,
+    ``s.threads`` threads, every core by default)."""
+    import os
+
+    from bioprune.engine.selection.cluster import mmseqs_clusters
+    from bioprune.engine.selection.cluster_table import read_cluster_table
+
+    if s.clusters:
+        rep = read_cluster_table(s.clusters, corpus)
+        return rep, {"table": str(Path(s.clusters).absolute()),
+                     "clusters": int(len(np.unique(rep)))}
+    return mmseqs_clusters(corpus, identity=s.cluster_identity, coverage=s.cluster_coverage,
+                           mode=s.cluster_mode, threads=s.threads or os.cpu_count() or 1)
+
+
+def shared_cluster_table(s: SelectSettings, corpus, comm: Comm) -> np.ndarray:
+    """The cluster table on every rank: rank 0 reads or computes it, the others load it from a
+    hidden file in ``--out`` (a shared filesystem, as for the outputs)."""
+    from bioprune.engine.io.atomic import save_npy
+
+    path = Path(s.out) / ".dedup-clusters.npy"
+    rep, err = None, None
+    if comm.rank == 0:
+        try:
+            rep, info = cluster_table(s, corpus)
+            print(f"dedup: {info['clusters']:,} clusters of {len(rep):,} records", flush=True)
+            if comm.world > 1:
+                save_npy(path, rep)
+        except Exception as e:  # noqa: BLE001 - every rank must learn of it
+            err = f"clustering failed: {e}"
+    raise_together(comm, err, SelectionError)
+    if comm.rank != 0:
+        rep = np.load(path)
+    raise_together(comm, None, SelectionError)     # every rank has read it
+    if comm.rank == 0:
+        path.unlink(missing_ok=True)
+    return rep
 
 
 def read_share_count(scores_dir, comm: Comm) -> int:
@@ -207,7 +273,9 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     budget (the redundancy-reduction baseline; scores are not used, only their n and corpus).
     MMseqs2 runs once, on rank 0, with ``s.threads`` threads; the others wait."""
     from bioprune.engine.selection.checks import write_unit
-    from bioprune.engine.selection.cluster import select_cluster
+    from bioprune.engine.selection.cluster import select_from_clusters
+    from bioprune.engine.selection.cluster_table import TABLE as CLUSTERS
+    from bioprune.engine.selection.cluster_table import write_cluster_table
     from bioprune.engine.selection.report import (FASTA, TABLE, write_fasta, write_outputs,
                                                   write_table)
 
@@ -221,20 +289,19 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     indices, report, err = None, None, None
     if comm.rank == 0:
         try:
-            indices, report = select_cluster(
-                corpus, budget, identity=s.cluster_identity, coverage=s.cluster_coverage,
-                mode=s.cluster_mode, seed=s.seed, threads=s.threads,
-                work_dir=None)
+            rep, info = cluster_table(s, corpus)
+            indices, report = select_from_clusters(rep, budget, s.seed, info)
             report.update(scores_dir=str(Path(s.scores).absolute()), world_size=comm.world,
                           timings_s={"total": round(time.perf_counter() - t0, 4)})
             if s.fraction is not None:
                 report["fraction"] = s.fraction
-            report["fasta"], report["table"] = FASTA, TABLE
+            report["fasta"], report["table"], report["clusters_table"] = FASTA, TABLE, CLUSTERS
 
             def write(stage):
                 write_outputs(stage, indices, report, plot=False)
                 write_fasta(corpus, indices, stage / FASTA)
                 write_table(corpus, indices, None, report, stage / TABLE)
+                write_cluster_table(stage / CLUSTERS, rep, corpus)
 
             write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
             print(f"selected {len(indices):,} of {n:,} (cluster, {report['clusters']:,} MMseqs2 "
