@@ -498,6 +498,11 @@ def _finish(run: _Run, scores_dir: Path, t0: float) -> None:
     m.save("finished")
     print(f"scored {rows} sequences ({len(run.resumed)} of {n_chunks} parts resumed) -> "
           f"{scores_dir}", flush=True)
+    from bioprune.engine.influence.diagnostics import summary_lines
+
+    for line in summary_lines(m.data.get("score_contributions") or {},
+                              float(m.data.get("length_spearman") or 0.0)):
+        print(line, flush=True)
 
 
 def _diagnostics(run: _Run, scores_dir: Path, n_chunks: int) -> None:
