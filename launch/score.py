@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "micro-batch x ranks; the rest is gradient accumulation). Fixing it makes "
                         "the adapted model, so the scores, the same on any number of ranks. "
                         "Default: micro-batch x ranks")
+    g.add_argument("--keep-adapt-checkpoints", action="store_true",
+                   help="keep RUN/adapt_checkpoints/ (the adaptation's DeepSpeed checkpoints, "
+                        "mostly optimizer state) after the adapted model is exported; by default "
+                        "they are deleted then, as a rerun resumes from RUN/adapted/")
     g.add_argument("--params", default=None, metavar="REGEX",
                    help="cover only parameters whose name matches this regex (default: every "
                         "trainable parameter; tied parameters count once)")

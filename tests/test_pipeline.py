@@ -37,6 +37,7 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     for name in ("manifest.json", "subset.npy", "fisher.safetensors", "adapted/model.safetensors",
                  "adapted/config.json", "scores/_SUCCESS"):
         assert (out / name).exists(), name
+    assert not (out / "adapt_checkpoints").exists()   # optimizer state dropped after export
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "finished" and m["world_size"] == 1
     n = m["counts"]["sequences"]

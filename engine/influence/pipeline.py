@@ -51,6 +51,7 @@ class ScoreSettings(ModelInputs):
     finetune_lr: float = 1e-5
     finetune_warmup: int = 50
     finetune_global_batch: int | None = None
+    keep_adapt_checkpoints: bool = False   # else deleted once adapted/ is exported
     params: str | None = None
     damping: float | None = None          # absolute λ; None: relative, λ = damping_alpha·mean(F)
     damping_alpha: float = DEFAULT_ALPHA
@@ -255,6 +256,12 @@ def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
                    checkpoint_dir=run.out / "adapt_checkpoints", progress_desc="adapt")
     engine = result.pop("engine")
     export_weights(engine, run.bundle, adapted_dir)
+    distributed.barrier()    # every rank is past the export before its checkpoints go
+    if not s.keep_adapt_checkpoints and run.rank == 0:
+        import shutil
+
+        # a rerun resumes from adapted/; the optimizer state is most of the run's bytes
+        shutil.rmtree(run.out / "adapt_checkpoints", ignore_errors=True)
     if run.manifest:
         run.manifest.set("adapt", {"steps": result["steps"], "metrics": result["metrics"],
                                    "ds_config": engine.bioprune_config_source})
