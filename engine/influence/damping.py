@@ -115,7 +115,8 @@ def _key_bias_is_shift_invariant(attn: nn.Module) -> bool:
     key/value rows, no rotary or relative position terms on the keys."""
     if getattr(attn, "bias_k", None) is not None:
         return False
-    if getattr(attn, "rot_emb", None) is not None or getattr(attn, "rotary_embeddings", None) is not None:
+    if getattr(attn, "rot_emb", None) is not None \
+            or getattr(attn, "rotary_embeddings", None) is not None:
         return False
     pe = getattr(attn, "position_embedding_type", "absolute")
     return pe in (None, "absolute")

@@ -107,7 +107,7 @@ def port_errors(mpi: bool = False):
 
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - torch raises DistNetworkError / RuntimeError
+    except Exception as e:  # torch raises DistNetworkError / RuntimeError
         text = str(e)
         if "EADDRINUSE" not in text and "ddress already in use" not in text:
             raise
