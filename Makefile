@@ -1,4 +1,5 @@
-# bioprune: `make demo` runs the whole chain on the sample RNA data; `make test` runs the tests.
+# bioprune: `make demo` runs the whole chain on the sample RNA data; `make test` runs the linter and
+# every test, `make test-fast` the fast tier (README "Tests").
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,8 +13,8 @@ STAMP  := $(VENV)/.installed
 LOCK      ?= requirements/lock.txt
 CONSTRAIN ?= -c $(LOCK)
 
-.PHONY: install install-latest test-latest lock demo demo-esm2 test bench bench-gpu clean \
-        experiment experiment-quick
+.PHONY: install install-latest test-latest lock demo demo-esm2 lint test test-fast bench bench-gpu \
+        clean experiment experiment-quick
 
 install: $(STAMP)
 
@@ -56,8 +57,19 @@ demo: install
 demo-esm2: install
 	$(PY) launch/demo.py --model esm2 --out runs/demo-esm2
 
-test: install
+# ruff (pinned in the lock; rules in ruff.toml) over the checkout's Python files (it skips what
+# .gitignore lists).
+lint: install
+	$(VENV)/bin/ruff check .
+
+# Everything: the linter, then every test (pytest's exit code 5, no test collected, is a pass).
+test: lint
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# The fast tier: every test not marked slow or multirank (markers in pytest.ini).
+test-fast: install
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not slow and not multirank" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: install

@@ -11,7 +11,7 @@ The source folders install under one import namespace, ``bioprune``:
 the repository root (``python -m pytest``, ``python -c``) or ``launch/`` is first on ``sys.path``,
 a folder without ``__init__.py`` is only a namespace portion, and Python keeps looking, so an
 installed distribution of the same name (Hugging Face's ``kernels``, PyPI's ``launch``) always
-wins. ``tests/test_layout.py`` fails if a regular package or module would shadow one.
+wins. ``tests/project/test_layout.py`` fails if a regular package or module would shadow one.
 
 Versions: the ranges below are what the code needs; ``requirements/lock.txt`` pins the exact set
 that last passed the suite (``make install`` uses it).

@@ -25,8 +25,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("corpus")
     g.add_argument("--data", nargs="+", required=True, metavar="PATH",
                    help="input files, concatenated in this order into one corpus: FASTA "
-                        "(.fasta/.fa/.fna/.faa, optionally .gz), CSV/TSV (optionally .gz), Parquet, "
-                        "or a Hugging Face dataset saved to disk (DIR, or DIR::SPLIT)")
+                        "(.fasta/.fa/.fna/.faa, optionally .gz), CSV/TSV (optionally .gz), "
+                        "Parquet, or a Hugging Face dataset saved to disk (DIR, or DIR::SPLIT)")
     g.add_argument("--column", default="sequence",
                    help="the sequence column of CSV/TSV/Parquet/datasets inputs")
     g.add_argument("--id-column", default=None,
@@ -48,7 +48,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", type=_model_name, default="rnafm", metavar="{" + ",".join(MODEL_NAMES) + "}",
+    g.add_argument("--model", type=_model_name, default="rnafm",
+                   metavar="{" + ",".join(MODEL_NAMES) + "}",
                    help="rnafm: fm.BioBertModel (RNA); esmc: esm.models.esmc.ESMC (protein); "
                         "esm2: Hugging Face EsmForMaskedLM with the published ESM-2 "
                         "architectures (protein); hf: any local AutoModelForMaskedLM directory "

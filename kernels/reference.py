@@ -15,7 +15,7 @@ Padded positions have D_b[t] = 0, so they drop out of both sums without any mask
 The two reductions the pruning pipeline needs are
 
     fisher_accumulate:  F += Σ_b G_b ⊙ G_b                    (diagonal empirical Fisher, Eq. 9)
-    weighted_sq_norm:   s_b = Σ_{o,i} W_oi (G_b)_oi²         (self-influence with W = 1/(F+λ), Eq. 11)
+    weighted_sq_norm:   s_b = Σ_{o,i} W_oi (G_b)_oi²         (self-influence, W = 1/(F+λ), Eq. 11)
 
 Why chunks
 ----------

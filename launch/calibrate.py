@@ -25,7 +25,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True,
-                   help="a calibration study config (corpus.calibrate = true, arms Full/Random/floor)")
+                   help="a calibration study config (corpus.calibrate = true, "
+                        "arms Full/Random/floor)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a config key and the values to try (JSON each); repeat for a product grid")
     p.add_argument("--out", required=True, help="folder of the grid points' study directories")
@@ -77,7 +78,7 @@ def summarize(study_dir: Path, point: dict) -> dict | None:
         row["random_arm"] = rand[0].name
         row["random_loss"] = mean_se(small.values())[0]
         p = paired(full, small, higher_is_better=False)
-        row["full_vs_random"], row["full_vs_random_se"], row["full_vs_random_z"] = p.delta, p.se, p.z
+        row.update(full_vs_random=p.delta, full_vs_random_se=p.se, full_vs_random_z=p.z)
     if floor:
         p = paired(full, floor, higher_is_better=False)
         row["floor_loss"] = mean_se(floor.values())[0]
@@ -100,7 +101,8 @@ def write_table(rows: list[dict], results: Path) -> None:
         return "—" if v is None or v != v else format(v, fmt)
 
     keys = list(dict.fromkeys(k for r in rows for k in r if "." in k))   # the grid's keys
-    lines = ["# Calibration sweep (validation part of the training corpus; never the held-out part)",
+    lines = ["# Calibration sweep (validation part of the training corpus; "
+             "never the held-out part)",
              "", "Held-out-style MLM loss on the validation part, mean ± SE over seeds; the two "
              "gate checks are paired by seed (Δ/SE, positive = Full better); pretrain s = one Full "
              "run's wall time (one thread).", "",

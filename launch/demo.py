@@ -46,7 +46,8 @@ def launch(script: str, args: list[str], ranks: int) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="where everything lands")
     p.add_argument("--model", choices=("rnafm", "esmc", "esm2"), default="rnafm",
                    help="the tiny model of this family; its molecule picks the sample corpus "
@@ -98,9 +99,10 @@ def summary(out: Path, wall: dict, total: float) -> None:
         lines.append(f"select {name:<8} {sel.get('selected', sel.get('budget'))} of {sel['n']} "
                      f"-> {out / name}/coreset.npy, coreset.fasta, selection.json, *.png")
     last = pre["metrics"][-1] if pre.get("metrics") else {}
-    lines.append(f"pretrain (CCI)  {pre['counts']['train']} sequences, {pre['counts']['steps']} steps, "
-                 f"{pre['throughput'].get('train', '')}, held-out loss "
-                 f"{float(last.get('heldout_loss', 'nan')):.3f} ppl {float(last.get('heldout_ppl', 'nan')):.2f}")
+    loss, ppl = float(last.get("heldout_loss", "nan")), float(last.get("heldout_ppl", "nan"))
+    lines.append(f"pretrain (CCI)  {pre['counts']['train']} sequences, "
+                 f"{pre['counts']['steps']} steps, {pre['throughput'].get('train', '')}, "
+                 f"held-out loss {loss:.3f} ppl {ppl:.2f}")
     lines.append("wall time       " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
                  + f"; total {total:.0f} s")
     lines.append(f"outputs         {out}  (score/ manifest.json, scores/, fisher.safetensors, "

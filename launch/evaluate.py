@@ -66,9 +66,11 @@ def parse_args(argv=None):
                         "as the floor column/section of eval.json and eval.md")
     t = p.add_argument_group("tasks")
     t.add_argument("--tasks", required=True, metavar="T1,T2,...",
-                   help="comma-separated tasks (see the list above), e.g. rna-type,rna-ss,csv:my.csv")
+                   help="comma-separated tasks (see the list above), "
+                        "e.g. rna-type,rna-ss,csv:my.csv")
     t.add_argument("--seed", type=int, default=0,
-                   help="first probe seed (probe seeds are SEED..SEED+N-1) and the --init random seed")
+                   help="first probe seed (probe seeds are SEED..SEED+N-1) and the "
+                        "--init random seed")
     t.add_argument("--probe-seeds", type=int, default=3, help="probe seeds per task (mean ± std)")
     t.add_argument("--split-seed", type=int, default=0,
                    help="seed of the hashed splits and --max-train/--max-test subsamples; keep it "
@@ -102,14 +104,16 @@ def parse_args(argv=None):
     h.add_argument("--probe-weight-decay", type=float, default=0.01, help="AdamW weight decay")
     h.add_argument("--probe-hidden", type=int, default=128, help="hidden width of the MLP heads")
     h.add_argument("--token-epochs", type=int, default=10, help="epochs of per-residue probes")
-    h.add_argument("--token-batch-size", type=int, default=1024, help="residues per per-residue step")
+    h.add_argument("--token-batch-size", type=int, default=1024,
+                   help="residues per per-residue step")
     h.add_argument("--ss-epochs", type=int, default=10, help="epochs of the base-pair head")
     h.add_argument("--ss-lr", type=float, default=1e-2, help="lr of the base-pair head")
     h.add_argument("--ss-channels", type=int, default=8, help="channels of the base-pair head")
     h.add_argument("--ss-batch-size", type=int, default=4,
                    help="sequences (of similar length) per step of the base-pair head")
     h.add_argument("--finetune-epochs", type=int, default=3, help="epochs with --finetune")
-    h.add_argument("--finetune-lr", type=float, default=1e-4, help="lr with --finetune (paper: 1e-4)")
+    h.add_argument("--finetune-lr", type=float, default=1e-4,
+                   help="lr with --finetune (paper: 1e-4)")
     h.add_argument("--embed-batch-size", type=int, default=32,
                    help="sequences per forward pass of the encoder")
     h.add_argument("--csv-kind", choices=("auto", "classification", "regression"), default="auto",

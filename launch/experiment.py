@@ -17,7 +17,8 @@ import sys
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="experiment TOML (configs/experiments/*.toml)")
     p.add_argument("--out", required=True, help="experiment directory (rerun the same to resume)")
     p.add_argument("--init", metavar="WEIGHTS", default=None,
@@ -25,8 +26,9 @@ def parse_args(argv=None):
     p.add_argument("--ranks", type=int, default=None,
                    help="ranks for pretraining and scoring (default: the config's training.ranks)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="train every arm for this many epochs on its own set (the paper's schedule) "
-                        "instead of the compute-matched default (same optimizer steps per arm)")
+                   help="train every arm for this many epochs on its own set "
+                        "(the paper's schedule) instead of the compute-matched default "
+                        "(same optimizer steps per arm)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a config value, e.g. --set training.steps=200 --set 'seeds=[0]'")
     p.add_argument("--dry-run", action="store_true", help="print the plan and time estimate only")

@@ -30,7 +30,8 @@ def parse_args(argv=None):
     add_run_args(p)
     what = p.add_argument_group("training set").add_mutually_exclusive_group(required=True)
     what.add_argument("--indices", metavar="NPY",
-                      help="corpus indices to train on: a coreset.npy, subset.npy or any int64 .npy")
+                      help="corpus indices to train on: a coreset.npy, subset.npy "
+                           "or any int64 .npy")
     what.add_argument("--all", action="store_true", help="train on the whole corpus")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="passes over the training set")

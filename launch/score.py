@@ -36,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="epochs of MLM adaptation on D_sub before the Fisher; 0 = the paper's "
                         "'w/o ft' ablation (score the given weights as they are)")
     g.add_argument("--finetune-lr", type=float, default=1e-5, help="adaptation AdamW learning rate")
-    g.add_argument("--finetune-warmup", type=int, default=50, help="adaptation linear warm-up steps")
+    g.add_argument("--finetune-warmup", type=int, default=50,
+                   help="adaptation linear warm-up steps")
     g.add_argument("--finetune-global-batch", type=int, default=None,
                    help="sequences per adaptation step over all ranks (a multiple of "
                         "micro-batch x ranks; the rest is gradient accumulation). Fixing it makes "
@@ -98,7 +99,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="autocast dtype of the Fisher/scoring forward passes (bf16 on GPUs only)")
     g.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
-                   help="per-sample reduction kernels: Triton on CUDA, PyTorch elsewhere by default")
+                   help="per-sample reduction kernels: Triton on CUDA, PyTorch elsewhere "
+                        "by default")
     p.add_argument("--out", required=True, help="the run directory")
     add_deepspeed_args(p)
     args = p.parse_args(argv)

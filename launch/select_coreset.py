@@ -1,7 +1,9 @@
 """Select a coreset from a scores directory (DESIGN step 4): Top-I, CCI or Random, exactly.
 
-    deepspeed launch/select_coreset.py --scores RUN/scores --strategy cci --budget 200000 --out RUN/cci
-    python launch/select_coreset.py --scores RUN/scores --strategy topk --fraction 0.01 --out RUN/top1
+    deepspeed launch/select_coreset.py --scores RUN/scores --strategy cci --budget 200000 \\
+        --out RUN/cci
+    python launch/select_coreset.py --scores RUN/scores --strategy topk --fraction 0.01 \\
+        --out RUN/top1
 
 Every rank reads a disjoint share of the score parts; thresholds are found by distributed radix
 selection (all-reduced digit histograms), so no rank ever holds more than its share of the
@@ -49,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--fraction", type=float, metavar="F",
                    help="coreset size as a fraction of n: budget = floor(F * n), F in (0, 1]")
     p.add_argument("--hard-cutoff", type=float, default=0.05, metavar="BETA",
-                   help="cci: drop the floor(BETA * n) highest-ranked samples first, BETA in [0, 1)")
+                   help="cci: drop the floor(BETA * n) highest-ranked samples first, "
+                        "BETA in [0, 1)")
     p.add_argument("--strata", type=int, default=50, metavar="K",
                    help="cci: number of equal-width strata over the retained score range")
     p.add_argument("--seed", type=int, default=0,

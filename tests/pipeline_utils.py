@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bioprune.engine.data.paths import data_dir  # noqa: F401 (the tests import it from here)
+from bioprune.engine.data.paths import data_dir  # the tests import it from here too
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch"
@@ -70,7 +70,8 @@ def run(script: str, args: list[str], ranks: int = 1, check: bool = True, timeou
     p = subprocess.run(command(script, args, ranks, mpi), env=env(), capture_output=True, text=True,
                        timeout=timeout)
     if check and p.returncode != 0:
-        raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+        raise AssertionError(f"{script} failed ({p.returncode}):\n{p.stdout[-3000:]}\n"
+                             f"{p.stderr[-5000:]}")
     return p
 
 

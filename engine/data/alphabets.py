@@ -85,7 +85,8 @@ class Alphabet:
         if bad.size:
             p = int(bad[0])
             raise ValueError(
-                f"invalid character {chr(a[p])!r} at position {p + 1}; allowed: {self.allowed_text()}"
+                f"invalid character {chr(a[p])!r} at position {p + 1}; "
+                f"allowed: {self.allowed_text()}"
             )
         if self.stop is not None:
             s = ord(self.stop)
@@ -163,7 +164,8 @@ def _protein() -> Alphabet:
         lut=_lut(pairs),
         whitespace=_whitespace_table(),
         classes={
-            "canonical": "the 20 standard amino acids ACDEFGHIKLMNPQRSTVWY (lowercase read as uppercase)",
+            "canonical": "the 20 standard amino acids ACDEFGHIKLMNPQRSTVWY "
+                         "(lowercase read as uppercase)",
             "nonstandard_residues": "X B Z U O (ESM-C tokens; kept, counted)",
             "stop": "one trailing '*' (stop codon; stripped, counted)",
         },

@@ -1,8 +1,8 @@
 """From corpus indices to padded token batches with deterministic MLM masks.
 
 Everything random here is a pure function of (seed, corpus index[, position]) through
-``bioprune.engine.runtime.hashing``, so a sequence gets the same crop and the same mask whatever batch, rank or
-order it lands in (DESIGN: "Per-sample loss", "Randomness").
+``bioprune.engine.runtime.hashing``, so a sequence gets the same crop and the same mask whatever
+batch, rank or order it lands in (DESIGN: "Per-sample loss", "Randomness").
 
 Masking: 15% of the residue positions (at least one) are chosen — exactly
 max(1, round(0.15·L)) of them, the ones with the smallest hash keys — then each chosen position
@@ -91,7 +91,8 @@ class MaskPlan:
 @dataclass
 class Batch:
     index: torch.Tensor    # (B,) int64 corpus indices
-    tokens: torch.Tensor   # (B·K, L) int64, padded with the model's pad id; row b·K + k = mask k of b
+    # tokens: (B·K, L) int64, padded with the model's pad id; row b·K + k = mask k of b
+    tokens: torch.Tensor
     labels: torch.Tensor   # (B·K, L) int64, IGNORE where no loss
     length: torch.Tensor   # (B,) int32 residues scored (after cropping)
     copies: int = 1        # K, masked copies per sample
@@ -121,7 +122,8 @@ def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k
     at = chosen.astype(np.int64) + k * _MASK_STRIDE
     kind = hashing.uniform(hashing.hash_keys2(seed, index, at, hashing.MASK_KIND))
     pick = hashing.hash_keys2(seed, index, at, hashing.MASK_RESIDUE)
-    rand_tok = bundle.random_residue_ids[(pick % np.uint64(len(bundle.random_residue_ids))).astype(np.int64)]
+    n_random = np.uint64(len(bundle.random_residue_ids))
+    rand_tok = bundle.random_residue_ids[(pick % n_random).astype(np.int64)]
     inputs = token_ids.copy()
     labels = np.full(L, IGNORE, dtype=np.int64)
     labels[chosen] = token_ids[chosen]
@@ -132,7 +134,8 @@ def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k
 
 def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", k: int = 0,
                   rate: float = MASK_FRACTION):
-    """Return (inputs, labels) of random mask ``k`` of one sequence of residue tokens (no BOS/EOS)."""
+    """Return (inputs, labels) of random mask ``k`` of one sequence of residue tokens (no
+    BOS/EOS)."""
     L = token_ids.shape[0]
     keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + k * _MASK_STRIDE,
                               hashing.MASK)
@@ -159,7 +162,8 @@ def sample_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBun
     if plan.unmasked:      # every residue is a target, nothing is hidden
         return [(token_ids.copy(), token_ids.astype(np.int64))]
     if plan.covers:
-        return [m for c in range(plan.covers) for m in cover_masks(seed, index, token_ids, bundle, c)]
+        return [m for c in range(plan.covers)
+                for m in cover_masks(seed, index, token_ids, bundle, c)]
     return [mask_sequence(seed, index, token_ids, bundle, k, plan.rate) for k in range(plan.draws)]
 
 
@@ -209,7 +213,8 @@ def make_batch(corpus, indices, bundle: "ModelBundle", seed: int, max_residues: 
 
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """ℓ(z): MLM cross-entropy averaged over the masked positions of each sample alone, (B,) fp32."""
+    """ℓ(z): MLM cross-entropy averaged over the masked positions of each sample alone, (B,)
+    fp32."""
     B, L, V = logits.shape
     ce = torch.nn.functional.cross_entropy(
         logits.float().reshape(B * L, V), labels.reshape(B * L), ignore_index=IGNORE,
@@ -226,7 +231,8 @@ def expected_loss(logits: torch.Tensor, labels: torch.Tensor, copies: int = 1) -
 
 
 def length_sorted_batches(indices: np.ndarray, lengths: np.ndarray, batch_size: int):
-    """Split ``indices`` into batches of similar length (less padding); scores do not depend on it."""
+    """Split ``indices`` into batches of similar length (less padding); scores do not depend on
+    it."""
     order = np.lexsort((indices, lengths[indices] if len(indices) else indices))
     ordered = np.asarray(indices)[order]
     return [ordered[s:s + batch_size] for s in range(0, len(ordered), batch_size)]

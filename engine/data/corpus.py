@@ -63,8 +63,8 @@ class Corpus:
         self._len = arrays["lengths"]
         self._ids = arrays["ids"]
         self._idoff = arrays["id_offsets"]
-        self._file_starts = np.array([f["first_index"] for f in meta["inputs"]] + [meta["n_records"]],
-                                     dtype=np.int64)
+        self._file_starts = np.array([f["first_index"] for f in meta["inputs"]]
+                                     + [meta["n_records"]], dtype=np.int64)
 
     # ---- construction
     @classmethod
@@ -89,7 +89,8 @@ class Corpus:
                               hint="delete the cache dir and build again") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise CorpusError(f"corpus format version {meta.get('format_version')} is not "
-                              f"{FORMAT_VERSION}", path=root, hint="delete the cache dir and build again")
+                              f"{FORMAT_VERSION}", path=root,
+                              hint="delete the cache dir and build again")
         n = int(meta["n_records"])
         expect = {"residues": meta["total_residues"], "offsets": n + 1, "lengths": n,
                   "ids": meta["id_bytes"], "id_offsets": n + 1}
@@ -225,7 +226,8 @@ class Corpus:
     @property
     def paths(self) -> list[str]:
         """The inputs, in corpus order (``DIR::SPLIT`` for a dataset split)."""
-        return [f["path"] + ("::" + f["split"] if f.get("split") else "") for f in self._meta["inputs"]]
+        return [f["path"] + ("::" + f["split"] if f.get("split") else "")
+                for f in self._meta["inputs"]]
 
     def _index(self, i) -> int:
         i = int(i)
@@ -330,7 +332,7 @@ def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
     if distributed.is_main():
         try:
             _check_or_build(paths, molecule, cache_dir, column, id_column, on_invalid, **opts)
-        except BaseException as e:  # every rank must reach the barrier
+        except BaseException as e:  # noqa: BLE001 - every rank must reach the barrier
             err = e
     distributed.barrier()
     if err is not None:

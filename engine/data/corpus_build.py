@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from bioprune.engine.data.alphabets import Alphabet, get_alphabet
-from bioprune.engine.data.readers import CorpusError, InputSpec, RawBatch, iter_batches, resolve_input
+from bioprune.engine.data.readers import (CorpusError, InputSpec, RawBatch, iter_batches,
+                                          resolve_input)
 from bioprune.engine.data.corpus_cache import (META, as_paths, describe_mismatch, identity_of_meta,
                                               input_identity, read_meta)
 from bioprune.engine.io.atomic import write_json, write_text
@@ -471,7 +472,8 @@ def _build(specs: list[InputSpec], alpha: Alphabet, tmp: Path, column: str, id_c
     finally:
         w.close(sync=ok)
     if on_invalid == "skip":
-        write_text(tmp / REJECTED, "\n".join([REJECTED_HEADER] + [_rejected_row(r) for r in rejected])
+        write_text(tmp / REJECTED,
+                   "\n".join([REJECTED_HEADER] + [_rejected_row(r) for r in rejected])
                    + "\n")
     meta = _corpus_meta(alpha, column, id_column, on_invalid, files_meta, w.n, w.nres, w.nid, hist,
                         counts, stops, len(rejected))

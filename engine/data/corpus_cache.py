@@ -18,7 +18,8 @@ def as_paths(paths) -> list:
         return [paths]
     paths = list(paths)
     if not paths:
-        raise CorpusError("no corpus inputs given", hint="pass one or more FASTA/CSV/TSV/Parquet/dataset paths")
+        raise CorpusError("no corpus inputs given",
+                          hint="pass one or more FASTA/CSV/TSV/Parquet/dataset paths")
     return paths
 
 
@@ -45,7 +46,8 @@ def identity_of_meta(meta: dict) -> dict:
         "column": meta.get("column"),
         "id_column": meta.get("id_column"),
         "inputs": [
-            {k: f.get(k) for k in ("path", "split", "format", "size", "mtime_ns", "files") if k in f}
+            {k: f.get(k) for k in ("path", "split", "format", "size", "mtime_ns", "files")
+             if k in f}
             for f in meta.get("inputs", [])
         ],
     }

@@ -61,7 +61,8 @@ class UnitSummary:
     deferred: int = 0        # records whose generated id waits for the unit's record base
     stops: int = 0
     counts: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
-    listed: list = field(default_factory=list)   # first MAX_LISTED bad: (local record, id, why, hint)
+    # the first MAX_LISTED bad records: (local record, id, why, hint)
+    listed: list = field(default_factory=list)
     error: BaseException | None = None           # a CorpusError that ended the scan of the unit
     done: bool = False
 

@@ -58,7 +58,8 @@ def _pick_columns(spec: InputSpec, names: list[str], column: str, id_column: str
     if id_column is not None:
         if id_column not in names:
             raise CorpusError(
-                f"id column {id_column!r} not found; available columns: {', '.join(map(str, names))}",
+                f"id column {id_column!r} not found; "
+                f"available columns: {', '.join(map(str, names))}",
                 path=spec.display, hint="pass --id-column NAME, or leave it out",
             )
         idc = id_column
@@ -91,8 +92,9 @@ def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size
 
     def open_reader(convert):
         try:
-            return pcsv.open_csv(stream(), read_options=read, parse_options=parse, convert_options=convert)
-        except Exception as e:  # noqa: BLE001 - arrow raises several types
+            return pcsv.open_csv(stream(), read_options=read, parse_options=parse,
+                                 convert_options=convert)
+        except Exception as e:  # arrow raises several types
             if "empty csv" in str(e).lower():
                 raise CorpusError("empty input file (no header, no records)", path=spec.display,
                                   hint="remove it from the inputs") from e
@@ -117,7 +119,7 @@ def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size
             rb = reader.read_next_batch()
         except StopIteration:
             return
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if isinstance(e, CorpusError):
                 raise
             raise _unreadable(spec, e, records_read=nrec) from e
@@ -134,7 +136,7 @@ def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_
     try:
         pf = pq.ParquetFile(str(spec.path))
         schema = pf.schema_arrow
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise _unreadable(spec, e) from e
     idc = _pick_columns(spec, schema.names, column, id_column)
     t = schema.field(column).type
@@ -150,7 +152,7 @@ def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_
             rb = next(it)
         except StopIteration:
             return
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _unreadable(spec, e, records_read=nrec) from e
         if rb.num_rows == 0:
             continue
@@ -163,7 +165,7 @@ def _load_hf(spec: InputSpec):
 
     try:
         obj = datasets.load_from_disk(str(spec.path))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CorpusError(
             f"not a Hugging Face dataset directory ({type(e).__name__}: {e})", path=spec.display,
             hint="pass a directory written by datasets' save_to_disk (DIR, or DIR::SPLIT for a "
@@ -174,7 +176,8 @@ def _load_hf(spec: InputSpec):
         if spec.split is None:
             raise CorpusError(
                 f"is a DatasetDict with splits: {', '.join(splits)}", path=spec.display,
-                hint=f"name one split as DIR{SPLIT_SEP}SPLIT, e.g. {spec.path}{SPLIT_SEP}{splits[0] if splits else 'train'}",
+                hint=f"name one split as DIR{SPLIT_SEP}SPLIT, "
+                     f"e.g. {spec.path}{SPLIT_SEP}{splits[0] if splits else 'train'}",
             )
         if spec.split not in obj:
             raise CorpusError(
@@ -204,6 +207,6 @@ def _hf_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows:
     for i in range(0, n, batch_rows):
         try:
             table = ds[i:min(n, i + batch_rows)]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _unreadable(spec, e, records_read=i) from e
         yield _table_batch(spec, table, column, idc)

@@ -157,7 +157,8 @@ def resolve_input(p) -> InputSpec:
     if SPLIT_SEP in spec and not os.path.exists(spec):
         path_str, split = spec.rsplit(SPLIT_SEP, 1)
         if not split:
-            raise CorpusError(f"empty split name in {spec!r}", hint="write DIR::SPLIT, e.g. data/hf::train")
+            raise CorpusError(f"empty split name in {spec!r}",
+                              hint="write DIR::SPLIT, e.g. data/hf::train")
     path = Path(os.path.abspath(path_str))
     if not path.exists():
         raise CorpusError("file not found", path=path,
@@ -165,8 +166,10 @@ def resolve_input(p) -> InputSpec:
     if path.is_dir():
         return InputSpec(spec, path, "hf", False, split)
     if split is not None:
-        raise CorpusError(f"'{SPLIT_SEP}{split}' given but the path is a file, not a dataset directory",
-                          path=path, hint="use DIR::SPLIT only with a datasets.DatasetDict saved to disk")
+        raise CorpusError(f"'{SPLIT_SEP}{split}' given but the path is a file, "
+                          "not a dataset directory",
+                          path=path,
+                          hint="use DIR::SPLIT only with a datasets.DatasetDict saved to disk")
     name = path.name.lower()
     compressed = name.endswith(".gz")
     base = name[:-3] if compressed else name
@@ -194,7 +197,8 @@ def _unreadable(spec: InputSpec, exc: BaseException, records_read: int = 0) -> C
     elif isinstance(exc, PermissionError):
         problem, hint = "permission denied", "make the file readable"
     elif isinstance(exc, IsADirectoryError):
-        problem, hint = "is a directory", "pass a file, or a dataset directory saved by save_to_disk"
+        problem = "is a directory"
+        hint = "pass a file, or a dataset directory saved by save_to_disk"
     elif isinstance(exc, EOFError) or "truncated" in str(exc).lower():
         problem = f"truncated or corrupt compressed file ({exc})"
         hint = "the file ends early; re-download or re-compress it"

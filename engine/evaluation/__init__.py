@@ -7,8 +7,8 @@ Owns: task definitions and their data splits (``tasks``), embedding extraction (
 probe heads and their training through Hugging Face ``accelerate`` (``probes``), metrics and
 dot-bracket parsing (``metrics``), the report (``report``) and the driver (``runner``).
 
-May import ``runtime``, ``io``, ``data`` and ``models``; nothing imports it but ``launch/evaluate.py``
-(and the experiment harness).
+May import ``runtime``, ``io``, ``data`` and ``models``; nothing imports it but
+``launch/evaluate.py`` (and the experiment harness).
 """
 from bioprune.engine.evaluation.settings import TASKS, EvalSettings  # noqa: F401
 

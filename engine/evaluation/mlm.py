@@ -130,7 +130,8 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
         acc = np.zeros(2)           # token-summed cross-entropy, masked tokens
         per_sample = np.zeros(len(order))
         for st in range(0, len(order), s.embed_batch_size):
-            b = make_batch(corpus, order[st:st + s.embed_batch_size], bundle, task.info["crop_seed"],
+            b = make_batch(corpus, order[st:st + s.embed_batch_size], bundle,
+                           task.info["crop_seed"],
                            task.info["max_length"], mask_seed=ms).to(device)
             logits = module(b.tokens).float()
             loss = per_sample_loss(logits, b.labels)
@@ -147,5 +148,5 @@ def evaluate_mlm(task: TaskData, bundle, s, device, progress=True) -> tuple[dict
         macro.append(float(np.mean(means)) if means else float("nan"))
     bar.close()
     sec = time.time() - t0
-    return {"loss": losses, "ppl": ppls, "loss_macro": macro, **by_group}, {"seconds": round(sec, 3),
-                                           "seq_per_s": round(len(order) * len(ppls) / max(sec, 1e-9), 1)}
+    return {"loss": losses, "ppl": ppls, "loss_macro": macro, **by_group}, {
+        "seconds": round(sec, 3), "seq_per_s": round(len(order) * len(ppls) / max(sec, 1e-9), 1)}

@@ -109,7 +109,8 @@ def _fit_predict(X_tr, y_tr, X_te, *, kind: str, n_out: int, head: str, hidden: 
     net = accelerator.unwrap_model(model).eval()
     with torch.no_grad():
         out = torch.cat([net(X_te[s:s + 8192].to(accelerator.device)).float().cpu()
-                         for s in range(0, len(X_te), 8192)]) if len(X_te) else torch.zeros(0, n_out)
+                         for s in range(0, len(X_te), 8192)]) \
+            if len(X_te) else torch.zeros(0, n_out)
     pred = decode(out)
     return pred, {"seconds": seconds, "seq_per_s": seen / max(seconds, 1e-9)}
 
@@ -195,8 +196,8 @@ def _fit_predict_pairs(H_tr, P_tr, H_te, *, channels: int, epochs: int, lr: floa
 
     def probs(H):
         with torch.no_grad():
-            return [torch.sigmoid(net(((h - mu) / sd).unsqueeze(0).to(dev))[0]).float().cpu().numpy()
-                    for h in H]
+            return [torch.sigmoid(net(((h - mu) / sd).unsqueeze(0).to(dev))[0])
+                    .float().cpu().numpy() for h in H]
 
     # threshold: best F1 over the pooled candidate pairs of up to ``tune_on`` training sequences
     from sklearn.metrics import f1_score
@@ -209,8 +210,8 @@ def _fit_predict_pairs(H_tr, P_tr, H_te, *, channels: int, epochs: int, lr: floa
                             for i, p in zip(tune, tune_probs)])
     f1 = []
     for thr in THRESHOLDS:
-        guess = np.concatenate([pair_matrix(greedy_pairs(p, thr), len(p))[np.triu_indices(len(p), 1)]
-                                for p in tune_probs])
+        guess = np.concatenate([pair_matrix(greedy_pairs(p, thr), len(p))
+                                [np.triu_indices(len(p), 1)] for p in tune_probs])
         f1.append(f1_score(truth, guess, zero_division=0))
     thr = THRESHOLDS[int(np.argmax(f1))]
     pred = [greedy_pairs(p, thr) for p in probs(H_te)]
@@ -275,7 +276,8 @@ def finetune_predict(bundle, tok_tr, y_tr, tok_te, *, kind: str, n_out: int, hea
         for s in range(0, len(order), 32):
             ix = order[s:s + 32]
             tok, mask = pad_batch([tok_te[i] for i in ix], bundle)
-            outs.append((ix, net(tok.to(accelerator.device), mask.to(accelerator.device)).float().cpu()))
+            outs.append((ix, net(tok.to(accelerator.device),
+                                 mask.to(accelerator.device)).float().cpu()))
     out = torch.zeros(len(tok_te), n_out)
     for ix, o in outs:
         out[torch.as_tensor(ix)] = o

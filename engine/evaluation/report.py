@@ -16,7 +16,9 @@ def _describe(enc: dict) -> str:
 def markdown(doc: dict) -> str:
     floor = doc.get("floor")
     lines = [f"# Evaluation of {_describe(doc['encoder'])}", ""]
-    lines.append(f"Encoder {'frozen (probes on fixed embeddings)' if doc.get('frozen') else 'fine-tuned on sequence-level tasks (per-residue and pair tasks stay frozen)'}"
+    encoder = ("frozen (probes on fixed embeddings)" if doc.get("frozen") else
+               "fine-tuned on sequence-level tasks (per-residue and pair tasks stay frozen)")
+    lines.append(f"Encoder {encoder}"
                  f"; control: {doc.get('control') or 'none'}; mean ± std over "
                  f"{doc['manifest']['settings']['probe_seeds']} "
                  "probe seeds (mask seeds for mlm). Values are fractions.")
@@ -37,5 +39,6 @@ def markdown(doc: dict) -> str:
             head_type = (t.get("head") or {}).get("type", "")
             row += f" {t.get('n_train')} | {t.get('n_test')} | {head_type} | {t.get('frozen')} |"
             lines.append(row)
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in doc["manifest"]["timings_s"].items()), ""]
+    timings = doc["manifest"]["timings_s"]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()), ""]
     return "\n".join(lines)

@@ -23,7 +23,8 @@ def _n_params(module) -> int:
 
 
 def find_run_weights(run: Path) -> Path:
-    """The model directory of --run: RUN itself, RUN/final (pretraining) or RUN/adapted (scoring)."""
+    """The model directory of --run: RUN itself, RUN/final (pretraining) or RUN/adapted
+    (scoring)."""
     for d in (run, run / "final", run / "adapted"):
         if (d / "model.safetensors").exists() and (d / "config.json").exists():
             return d
@@ -198,7 +199,8 @@ class Evaluator:
                     y_tr, y_te = _control(y_tr, y_te, np.random.default_rng([s.split_seed, p, fi]))
                 pred = predict(f, y_tr, p)
                 fold_metrics.append(M.classification_metrics(y_te, pred)
-                                    if task.kind == "classification" else M.regression_metrics(y_te, pred))
+                                    if task.kind == "classification"
+                                    else M.regression_metrics(y_te, pred))
                 if chance is None and task.kind == "classification":
                     chance = _chance(y_tr, y_te, len(task.classes))
             per_seed.append(_mean_dicts(fold_metrics))
@@ -272,7 +274,8 @@ class Evaluator:
                 pred, st = fit_predict_pairs(
                     [H[pos[r]] for r in f.train], [task.targets[r] for r in f.train],
                     [H[pos[r]] for r in f.test], channels=s.ss_channels, epochs=s.ss_epochs,
-                    lr=s.ss_lr, seed=p, batch_size=s.ss_batch_size, accelerator=self.acc, progress=self.progress,
+                    lr=s.ss_lr, seed=p, batch_size=s.ss_batch_size, accelerator=self.acc,
+                    progress=self.progress,
                     desc=f"probe {task.name} {f.name} seed {p}")
                 thresholds.append(st["threshold"])
                 m = _mean_dicts([M.pair_metrics(task.targets[r], pp, len(task.seqs[r]))
@@ -287,7 +290,9 @@ class Evaluator:
                         "decoding": "greedy, one partner per base, j - i > 3, threshold tuned on "
                                     "training sequences", "thresholds": thresholds},
                "training": {"optimizer": "AdamW", "lr": s.ss_lr, "weight_decay": 0.01,
-                            "epochs": s.ss_epochs, "batch_size": s.ss_batch_size, "batching": "groups of similar length", "loss": "BCE over pairs j - i > 3",
+                            "epochs": s.ss_epochs, "batch_size": s.ss_batch_size,
+                            "batching": "groups of similar length",
+                            "loss": "BCE over pairs j - i > 3",
                             "probe_seeds": self.seeds()},
                "metric_averaging": "per test sequence, then mean over sequences (and folds)",
                "ss_max_length": s.ss_max_length, "embedding": emb}
@@ -304,7 +309,8 @@ class Evaluator:
         head = "linear" if task.head == "linear" else "mlp"
         n_out = len(task.classes) if task.kind == "classification" else 1
         def predict(f, y_tr, seed):
-            tok_tr = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.train]
+            tok_tr = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends")
+                      for r in f.train]
             tok_te = [tokens_of(task.seqs[r], self.bundle, self.max_length, "ends") for r in f.test]
             pred, _ = finetune_predict(
                 self.bundle, tok_tr, y_tr, tok_te, kind="regression" if task.kind ==
@@ -416,6 +422,7 @@ def _run(s: EvalSettings, t_start: float, started: str) -> dict:
 def _log(acc, name, entry):
     if not acc.is_main_process:
         return
-    ms = ", ".join(f"{k} {v['mean']:.4f}±{v['std']:.4f}" for k, v in entry.get("metrics", {}).items())
+    ms = ", ".join(f"{k} {v['mean']:.4f}±{v['std']:.4f}"
+                   for k, v in entry.get("metrics", {}).items())
     print(f"[evaluate] {name}: {ms or entry.get('skipped', '')} (n_train {entry.get('n_train')}, "
           f"n_test {entry.get('n_test')}, {entry.get('seconds')} s)", flush=True)

@@ -59,7 +59,8 @@ class EvalSettings:
     tasks: list[str]
     out: str
     weights: str | None = None        # a state-dict file
-    run: str | None = None            # a pretraining / scoring run dir, or a dir with model.safetensors
+    run: str | None = None            # a pretraining / scoring run dir, or a dir with weights
+                                      # (model.safetensors)
     init: str | None = None           # "random"
     seed: int = 0                     # encoder init (random) and the first probe seed
     probe_seeds: int = 3

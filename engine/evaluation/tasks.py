@@ -73,7 +73,7 @@ def _read_csv(path: Path, what: str):
         raise EvalError(f"{what}: {path}: no such file")
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises many kinds
+    except Exception as e:  # noqa: BLE001 - pandas raises many kinds
         raise EvalError(f"{what}: {path}: cannot read as CSV ({e})") from None
 
 
@@ -229,7 +229,8 @@ def _archive(s, what):
     df = _read_csv(path, what)
     seqs = _normalise(df["sequence"], "rna", path, what)
     keep, pairs = _structures(df, seqs, path, what, s.ss_max_length)
-    return path, df.iloc[keep].reset_index(drop=True), [seqs[i] for i in keep], pairs, len(df) - len(keep)
+    return (path, df.iloc[keep].reset_index(drop=True), [seqs[i] for i in keep], pairs,
+            len(df) - len(keep))
 
 
 def load_rna_ss_archiveii(s) -> TaskData:

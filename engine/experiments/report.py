@@ -350,7 +350,8 @@ def render_markdown(rows: list[dict], selection: dict, name: str = "study",
     names = ", ".join(_tm(*tm) for tm in passed) or "none"
     if mlm not in gates:
         underpowered = True
-        headline = (f"**Underpowered**: no held-out MLM loss (`{MLM_TASK}` `{MLM_HEADLINE_METRIC}`) "
+        headline = (f"**Underpowered**: no held-out MLM loss "
+                    f"(`{MLM_TASK}` `{MLM_HEADLINE_METRIC}`) "
                     f"in the results, so the study's power cannot be checked. Metrics that pass "
                     f"their own gate (verdicts below): {names}.")
     elif not gates[mlm].passed:

@@ -133,7 +133,8 @@ class Study:
 
     def _common(self) -> list[str]:
         c = self.cfg
-        return ["--data", str(self.train_fa), "--model", c["model"], "--model-size", c["model_size"],
+        return ["--data", str(self.train_fa), "--model", c["model"],
+                "--model-size", c["model_size"],
                 "--max-length", str(c["corpus"]["max_length"]), "--corpus-cache", str(self.cache)]
 
     def _train_length(self, n: int) -> tuple[list[str], dict]:
@@ -161,7 +162,8 @@ class Study:
         if not ref["init"] and runs:
             steps.append(Step("reference", "reference", self.out / "reference", self.reference,
                               L + ref["steps"] * est["train_step_s"]))
-        score_s = L + n_est * est["score_seq_s"] + c["scoring"]["subset_size"] * est["score_seq_s"] * 2
+        score_s = (L + n_est * est["score_seq_s"]
+                   + c["scoring"]["subset_size"] * est["score_seq_s"] * 2)
         cost = {"score": 1.0, "score_woft": 0.6, "score_1mask": 0.3}
         for run in runs:
             steps.append(Step(run, "score", self.out / run,
@@ -191,7 +193,8 @@ class Study:
                            / "coreset.npy")
                     n_arm = n_est if s == "full" else rate_budget(r, n_est)
                     steps.append(Step(f"{name}/s{seed}/pretrain", "pretrain", sdir / "pretrain",
-                                      self._pretrainer(idx, seed, sdir / "pretrain", f"{name}/s{seed}"),
+                                      self._pretrainer(idx, seed, sdir / "pretrain",
+                                                       f"{name}/s{seed}"),
                                       train_s if c["training"]["mode"] == "steps" else
                                       L + self._planned_steps(n_arm) * est["train_step_s"]))
                 evals.append(Step(f"{name}/s{seed}/eval", "evaluate", sdir / "eval",
@@ -225,7 +228,8 @@ class Study:
 
         c = self.cfg["corpus"]
         files = [data_path(p) for p in c["files"]]
-        src = load_corpus(files, self.cfg["molecule"], self.out / "source_corpus", column=c["column"])
+        src = load_corpus(files, self.cfg["molecule"], self.out / "source_corpus",
+                          column=c["column"])
         info = make_split(self.cfg, files, src, self.out / "data")
         info["rule"] += "; train corpus index = position in train.fasta"
         return info
@@ -340,7 +344,8 @@ class Study:
             wall = self.launch("pretrain.py", args, f"{label}/pretrain", self.ranks)
             man = json.loads((out / "manifest.json").read_text())
             self._drop_checkpoints(out)
-            return {"wall_s": wall, "n_train": n, "steps": man.get("counts", {}).get("steps"), **info}
+            return {"wall_s": wall, "n_train": n, "steps": man.get("counts", {}).get("steps"),
+                    **info}
         return run
 
     def _evaluator(self, strategy: str, seed: int, sdir: Path, label: str):
@@ -483,7 +488,8 @@ class Study:
             t = time.time()
             info = s.run() or {}
             write_json(s.dir / MARKER, {"step": s.name, "phase": s.phase,
-                                        "wall_s": round(time.time() - t, 2), "worker": "evaluate-only",
+                                        "wall_s": round(time.time() - t, 2),
+                                        "worker": "evaluate-only",
                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
             ran += 1
             for other in ready[1:]:      # give back the claims not used this round

@@ -88,7 +88,8 @@ def resolve(fisher: dict[str, torch.Tensor], damping: Damping | float, allreduce
 
 
 def as_damping(damping: Damping | float) -> Damping:
-    """A bare float is absolute λ with nothing excluded (the original damping: no relative λ, no exclusions)."""
+    """A bare float is absolute λ with nothing excluded (the original damping: no relative λ,
+    no exclusions)."""
     if isinstance(damping, Damping):
         return damping
     return Damping(mode="absolute", value=float(damping), exclude_below=None)
@@ -115,7 +116,8 @@ def _key_bias_is_shift_invariant(attn: nn.Module) -> bool:
     key/value rows, no rotary or relative position terms on the keys."""
     if getattr(attn, "bias_k", None) is not None:
         return False
-    if getattr(attn, "rot_emb", None) is not None or getattr(attn, "rotary_embeddings", None) is not None:
+    if getattr(attn, "rot_emb", None) is not None \
+            or getattr(attn, "rotary_embeddings", None) is not None:
         return False
     pe = getattr(attn, "position_embedding_type", "absolute")
     return pe in (None, "absolute")

@@ -30,7 +30,8 @@ DEFAULT_DAMPING = REFERENCE_DAMPING  # absolute λ of --damping (used with --dam
 def _backward_pass(bundle, batch: Batch, collector: SquaredGradCollector, autocast_dtype=None,
                    scale: float = 1.0):
     tokens = batch.tokens
-    with torch.autocast(tokens.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with torch.autocast(tokens.device.type, dtype=autocast_dtype,
+                        enabled=autocast_dtype is not None):
         logits = bundle.module(tokens)
     loss = expected_loss(logits, batch.labels, batch.copies)
     # Σ_b ℓ_b: samples (and a sample's copies) do not interact, so the output gradient seen by

@@ -54,7 +54,8 @@ class Manifest:
     def count(self, **kv) -> None:
         self.data["counts"].update(kv)
 
-    def timing(self, phase: str, seconds: float, items: int | None = None, unit: str = "seq") -> None:
+    def timing(self, phase: str, seconds: float, items: int | None = None,
+               unit: str = "seq") -> None:
         self.data["timings_s"][phase] = round(seconds, 3)
         if items:
             self.data["throughput"][phase] = f"{items / max(seconds, 1e-9):.1f} {unit}/s"

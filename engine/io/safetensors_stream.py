@@ -28,7 +28,8 @@ def write_streamed(path: str | Path, entries: list[tuple[str, tuple]], tensors,
     header, offset = {}, 0
     for name, shape in entries:
         nbytes = math.prod(shape) * size
-        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        header[name] = {"dtype": code, "shape": list(shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
@@ -39,5 +40,6 @@ def write_streamed(path: str | Path, entries: list[tuple[str, tuple]], tensors,
         f.write(text)
         for (name, shape), t in zip(entries, tensors, strict=True):
             if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-                raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, declared {shape} {dtype}")
+                raise ValueError(f"{name}: got {tuple(t.shape)} {t.dtype}, "
+                                 f"declared {shape} {dtype}")
             f.write(t.contiguous().numpy().tobytes())

@@ -77,7 +77,8 @@ def write_part(scores_dir, chunk_id: int, index, score, length, loss) -> Path:
         cols[name] = arr.astype(DTYPES[name], copy=False)
     sizes = {len(v) for v in cols.values()}
     if len(sizes) != 1:
-        raise ValueError(f"columns have different lengths: { {k: len(v) for k, v in cols.items()} }")
+        lengths = {k: len(v) for k, v in cols.items()}
+        raise ValueError(f"columns have different lengths: {lengths}")
     table = pa.table({k: pa.array(v) for k, v in cols.items()}, schema=_schema())
     path = part_path(scores_dir, chunk_id)
     with atomic_path(path) as tmp:
@@ -205,7 +206,7 @@ def read_scores(scores_dir, parts: Sequence | None = None,
             continue
         try:
             table = pq.read_table(p, columns=list(columns))
-        except Exception as e:  # noqa: BLE001 - report which file is broken
+        except Exception as e:  # report which file is broken
             raise ScoresError(f"cannot read {p}: {e}") from e
         if table.num_rows != r:
             raise ScoresError(f"{p}: footer says {r} rows, read {table.num_rows}")

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bioprune.engine.models.bundle import (MOLECULE, ModelBundle, init_from_scratch,  # noqa: F401
+from bioprune.engine.models.bundle import (MOLECULE, ModelBundle, init_from_scratch,
                                            trainable_parameters)
-from bioprune.engine.models.checkpoint import (load_saved_model, load_weights,  # noqa: F401
+from bioprune.engine.models.checkpoint import (load_saved_model, load_weights,
                                                save_model, save_state)
 from bioprune.engine.models.esmc import ESMC_SIZES, build_esmc
 from bioprune.engine.models.hf import ESM2_SIZES, build_esm2, build_hf
@@ -40,7 +40,8 @@ def build_model(name: str, size: str = "tiny", checkpoint: str | None = None) ->
     if name not in SIZES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if size not in SIZES[name]:
-        raise ValueError(f"unknown size {size!r} for {name}; choose one of {', '.join(SIZES[name])}")
+        raise ValueError(f"unknown size {size!r} for {name}; "
+                         f"choose one of {', '.join(SIZES[name])}")
     return BUILDERS[name](size, checkpoint)
 
 

@@ -69,7 +69,8 @@ def _init_module(m: nn.Module) -> None:
                 m.weight[m.padding_idx].zero_()
 
 
-def residue_lut(token_of: dict[str, int], letters: str, unknown_letters: str, unk_id: int) -> np.ndarray:
+def residue_lut(token_of: dict[str, int], letters: str, unknown_letters: str,
+                unk_id: int) -> np.ndarray:
     lut = np.full(256, -1, dtype=np.int64)
     for ch in letters:
         lut[ord(ch)] = token_of[ch]
@@ -79,7 +80,8 @@ def residue_lut(token_of: dict[str, int], letters: str, unknown_letters: str, un
 
 
 def trainable_parameters(module: nn.Module, pattern: str | None = None):
-    """(name, parameter) of every trainable parameter matching ``pattern`` (a regex), tied ones once."""
+    """(name, parameter) of every trainable parameter matching ``pattern`` (a regex), tied ones
+    once."""
     import re
 
     rx = re.compile(pattern) if pattern else None

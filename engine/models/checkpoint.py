@@ -35,7 +35,8 @@ def load_weights(module: nn.Module, path: str) -> None:
                 f"unexpected {unexpected[:5]} — check --model/--model-size")
         reader = distributed.is_main()
         for mod_name, m in module.named_modules():
-            local = {**dict(m.named_parameters(recurse=False)), **dict(m.named_buffers(recurse=False))}
+            local = {**dict(m.named_parameters(recurse=False)),
+                     **dict(m.named_buffers(recurse=False))}
             if not local:
                 continue
             with gathered(m.parameters(recurse=False), modifier_rank=0), torch.no_grad():

@@ -31,9 +31,9 @@ class EsmcMLM(nn.Module):
 
 
 ESM_MISSING = ("ESM-C needs the `esm` package, which is not installed. Its declared requirements "
-               "(torchvision, torchtext, transformers<4.48.2) conflict with current torch, so install "
-               "it without them and add what it really imports: pip install --no-deps esm && "
-               "pip install 'bioprune[esmc]'")
+               "(torchvision, torchtext, transformers<4.48.2) conflict with current torch, so "
+               "install it without them and add what it really imports: "
+               "pip install --no-deps esm && pip install 'bioprune[esmc]'")
 
 
 def build_esmc(size: str, checkpoint: str | None = None) -> ModelBundle:

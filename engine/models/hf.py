@@ -37,12 +37,18 @@ ESM2_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", 
 # layers / hidden / heads / FFN of the published ESM-2 models (Lin et al. 2023)
 ESM2_SIZES = {
     "tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128),
-    "8m": dict(num_hidden_layers=6, hidden_size=320, num_attention_heads=20, intermediate_size=1280),
-    "35m": dict(num_hidden_layers=12, hidden_size=480, num_attention_heads=20, intermediate_size=1920),
-    "150m": dict(num_hidden_layers=30, hidden_size=640, num_attention_heads=20, intermediate_size=2560),
-    "650m": dict(num_hidden_layers=33, hidden_size=1280, num_attention_heads=20, intermediate_size=5120),
-    "3b": dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=40, intermediate_size=10240),
-    "15b": dict(num_hidden_layers=48, hidden_size=5120, num_attention_heads=40, intermediate_size=20480),
+    "8m": dict(num_hidden_layers=6, hidden_size=320, num_attention_heads=20,
+               intermediate_size=1280),
+    "35m": dict(num_hidden_layers=12, hidden_size=480, num_attention_heads=20,
+                intermediate_size=1920),
+    "150m": dict(num_hidden_layers=30, hidden_size=640, num_attention_heads=20,
+                 intermediate_size=2560),
+    "650m": dict(num_hidden_layers=33, hidden_size=1280, num_attention_heads=20,
+                 intermediate_size=5120),
+    "3b": dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=40,
+               intermediate_size=10240),
+    "15b": dict(num_hidden_layers=48, hidden_size=5120, num_attention_heads=40,
+                intermediate_size=20480),
 }
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 PROTEIN_EXTRA = "XBZUO"
@@ -116,7 +122,8 @@ def build_hf(path: str, checkpoint: str | None = None, *, name: str = "hf",
     if has_weights:
         net = AutoModelForMaskedLM.from_pretrained(path, local_files_only=True)
     else:
-        net = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        net = AutoModelForMaskedLM.from_config(config)
     return _bundle(net, tokenizer, name, size or path, checkpoint, fresh=not has_weights)
 
 

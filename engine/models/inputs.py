@@ -25,7 +25,8 @@ class ModelInputs:
     overwrite: bool = False          # start --out afresh instead of refusing another run's outputs
 
 
-def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path, zero_config: dict | None = None):
+def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path,
+                          zero_config: dict | None = None):
     """Returns (bundle, corpus, cache dir, residues kept per sequence). With a ZeRO-3
     ``zero_config`` the model is built partitioned (``runtime.zero3.building``)."""
     import torch

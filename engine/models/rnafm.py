@@ -65,7 +65,8 @@ def build_rnafm(size: str, checkpoint: str | None = None) -> ModelBundle:
         # The released RNA-FM_pretrained.pth: {"args": Namespace, "model": state dict}; fm's own
         # loader upgrades the key names. Its architecture wins over --model-size.
         data = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        net, alphabet = fm.pretrained.load_model_and_alphabet_core("rna-fm", data, None, theme="rna")
+        net, alphabet = fm.pretrained.load_model_and_alphabet_core("rna-fm", data, None,
+                                                                   theme="rna")
         args = net.args
         checkpoint = None
         size = next((k for k, a in RNAFM_SIZES.items()
@@ -125,6 +126,6 @@ def _is_rnafm_release(path: str) -> bool:
         return False
     try:
         data = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever torch.load raises: not the release format
         return False
     return isinstance(data, dict) and "args" in data and "model" in data

@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from bioprune.engine.runtime.launching import free_port  # noqa: F401 - re-exported
+from bioprune.engine.runtime.launching import free_port
 
 
 # what MPICH/Hydra, Open MPI and PMIx-based launchers put in every rank's environment
@@ -151,7 +151,7 @@ def port_errors(mpi: bool = False):
 
     try:
         yield
-    except Exception as e:  # noqa: BLE001 - torch raises DistNetworkError / RuntimeError
+    except Exception as e:  # torch raises DistNetworkError / RuntimeError
         text = str(e)
         if "EADDRINUSE" not in text and "ddress already in use" not in text:
             raise

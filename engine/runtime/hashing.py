@@ -63,4 +63,5 @@ def hash_keys2(seed: int, index, position, stream: int) -> np.ndarray:
 
 def uniform(keys: np.ndarray) -> np.ndarray:
     """Map uint64 keys to float64 in [0, 1) using their top 53 bits."""
-    return (np.asarray(keys, dtype=np.uint64) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    top53 = np.asarray(keys, dtype=np.uint64) >> np.uint64(11)
+    return top53.astype(np.float64) * (1.0 / (1 << 53))

@@ -76,8 +76,8 @@ def default_ds_config(stage: int) -> Path:
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"no DeepSpeed config {name} in {[str(f) for f in folders if f.is_dir()]}; "
-                            "ZeRO stages are 0-3")
+    found = [str(f) for f in folders if f.is_dir()]
+    raise FileNotFoundError(f"no DeepSpeed config {name} in {found}; ZeRO stages are 0-3")
 
 
 def ds_config(stage: int, path: str | None = None, offload: str = "none") -> dict:

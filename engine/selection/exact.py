@@ -167,7 +167,8 @@ def _check_request(run: _Selection, index, score, budget, hard_cutoff, strata, n
     raise_together(comm, err, SelectionError)
     strategy = run.strategy
     if strategy not in STRATEGIES:
-        raise SelectionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise SelectionError(f"unknown strategy {strategy!r}; "
+                             f"choose one of {', '.join(STRATEGIES)}")
     run.K = check_strata(strata) if strategy == "cci" else int(strata)
     total = comm.sum_int(index.size)
     if n is not None and int(n) != total:

@@ -282,7 +282,8 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     comm = Comm()
     t0 = time.perf_counter()
     n = read_share_count(s.scores, comm)
-    budget = s.budget if s.budget is not None else fraction_budget("random", s.fraction, n)   # 1..n, as cluster
+    # cluster's range is random's: 1..n
+    budget = s.budget if s.budget is not None else fraction_budget("random", s.fraction, n)
     if not 1 <= budget <= n:
         raise SelectionError(f"budget {budget} out of range 1..{n} for cluster")
     corpus = _open_corpus(s, n, comm)

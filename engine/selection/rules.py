@@ -33,7 +33,8 @@ def cut_size(n: int, beta: float) -> int:
 def budget_range(strategy: str, n: int, beta: float = 0.05) -> tuple[int, int]:
     """Allowed budgets (inclusive) for ``strategy`` over n scored samples."""
     if strategy not in STRATEGIES:
-        raise SelectionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        raise SelectionError(f"unknown strategy {strategy!r}; "
+                             f"choose one of {', '.join(STRATEGIES)}")
     if strategy == "cci":
         return 1, n - cut_size(n, beta)
     return 1, n

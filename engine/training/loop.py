@@ -211,8 +211,8 @@ def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, w
     from tqdm import tqdm
 
     for epoch in range(start["epoch"], settings.epochs) if start["train"] else ():
-        batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank, world,
-                               settings.grad_accum)
+        batches = rank_batches(indices, settings.seed, epoch, settings.micro_batch_size, rank,
+                               world, settings.grad_accum)
         skip = start["skip"] if epoch == start["epoch"] else 0
         bar = tqdm(batches[skip * settings.grad_accum:], initial=skip * settings.grad_accum,
                    total=len(batches), desc=f"{progress_desc} epoch {epoch + 1}/{settings.epochs}",

@@ -1,9 +1,11 @@
 """Which score estimator to use: stability against a many-mask reference and across mask seeds,
 per unit of cost, measured side by side in one process with the production passes.
 
-    python launch/bench/estimators.py --model rnafm --checkpoint runs/exp-rna-1pct/reference/final/model.safetensors \\
+    python launch/bench/estimators.py --model rnafm \\
+        --checkpoint runs/exp-rna-1pct/reference/final/model.safetensors \\
         --n 500 --out runs/bench_estimators/rna
-    python launch/bench/estimators.py --model esmc --train-steps 300 --n 300 --out runs/bench_estimators/protein
+    python launch/bench/estimators.py --model esmc --train-steps 300 --n 300 \\
+        --out runs/bench_estimators/protein
 
 On N sequences drawn (by hash) from the shared corpus, with trained weights (``--checkpoint``, or
 a tiny model trained briefly here, cached in OUT), every estimator is run as the pipeline runs it:
@@ -20,7 +22,6 @@ markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

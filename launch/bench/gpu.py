@@ -73,7 +73,8 @@ def main(argv=None) -> int:
 
     env = dict(os.environ)
     if args._device == "cuda" and env.pop("TRITON_INTERPRET", None):
-        print("bench-gpu: TRITON_INTERPRET unset for the benchmarks (it would time the interpreter)")
+        print("bench-gpu: TRITON_INTERPRET unset for the benchmarks "
+              "(it would time the interpreter)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"device": torch.cuda.get_device_name() if args._device == "cuda" else "cpu",

@@ -67,8 +67,8 @@ def parse_args(argv=None):
                         f"shapes to time (default: CUDA {DEFAULT_MODELS['cuda']}; "
                         f"CPU {DEFAULT_MODELS['cpu']})")
     p.add_argument("--shapes", default=None,
-                   help="extra/override shapes as comma-separated OxI pairs, e.g. 640x640,5120x640; "
-                        "replaces --models when given")
+                   help="extra/override shapes as comma-separated OxI pairs, "
+                        "e.g. 640x640,5120x640; replaces --models when given")
     p.add_argument("--batch", type=int, default=None,
                    help="samples per call B (default: 16 on CUDA, 4 on CPU)")
     p.add_argument("--seq", type=int, default=None,
@@ -342,7 +342,8 @@ def bench_cpu(args, shapes, dtypes, ops):
                              B=B, T=T,
                              dtype=dname, op=OP_NAMES[op], flops=flops, torch_ms=ms,
                              gflops=flops / ms / 1e6, matmul_ms=mm_ms, bmm_ms=bmm_ms,
-                             gemm_ms=gemm_ms, x_gemm=ms / gemm_ms, pct_gemm=pct_of_gemm(ms, gemm_ms),
+                             gemm_ms=gemm_ms, x_gemm=ms / gemm_ms,
+                             pct_gemm=pct_of_gemm(ms, gemm_ms),
                              rel_err=err, ok=ok))
             print_row_cpu(rows[-1], header=len(rows) == 1)
     return rows, failed
@@ -359,7 +360,8 @@ def print_row_cpu(r, header):
 
 def per_model(rows) -> list[dict]:
     """Each (model, dtype, op) as a whole: % GEMM of all its linear layers together, i.e. the
-    shapes weighted by their layer counts, 100 · Σ n·GEMM ms / Σ n·kernel ms; and its worst shape."""
+    shapes weighted by their layer counts, 100 · Σ n·GEMM ms / Σ n·kernel ms; and its worst
+    shape."""
     out, groups = [], {}
     for r in rows:
         groups.setdefault((r["model"], r["dtype"], r["op"]), []).append(r)
@@ -393,7 +395,8 @@ def summarise(rows):
         print(f"#   {m['model']:10} {m['dtype']:5} {m['op']:17} {m['pct_gemm']:6.1f}%  "
               f"({m['layers']} layers; worst shape {m['worst']})")
     if kernel == "triton":
-        sp = [r["speedup_vs_reference"] for r in rows if r["speedup_vs_reference"] == r["speedup_vs_reference"]]
+        sp = [r["speedup_vs_reference"] for r in rows
+              if r["speedup_vs_reference"] == r["speedup_vs_reference"]]   # not NaN
         if sp:
             print(f"# geometric mean speed-up vs PyTorch path: "
                   f"{math.exp(statistics.fmean(math.log(s) for s in sp)):.1f}x")
@@ -406,8 +409,9 @@ def main(argv=None):
     args = parse_args(argv)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        print(f"kernels bench: --device cuda but CUDA is not available (torch {torch.__version__}); "
-              "run without --device for the CPU benchmark", file=sys.stderr)
+        print(f"kernels bench: --device cuda but CUDA is not available "
+              f"(torch {torch.__version__}); run without --device for the CPU benchmark",
+              file=sys.stderr)
         return NO_CUDA
     args.models = args.models or DEFAULT_MODELS["cuda" if use_cuda else "cpu"]
     shapes = shapes_from(args)

@@ -112,7 +112,8 @@ def materialised_scores(bundle, corpus, params, groups, weight_sets, plan, micro
     order = length_sorted_batches(np.arange(N), corpus.lengths, N)[0]
     batches, cur = [], []
     for i in order:   # at most micro_batch rows of the longest length 256 (token budget)
-        if cur and (len(cur) + 1) * plan.copies * max(256, int(corpus.lengths[i])) > micro_batch * 256:
+        rows = (len(cur) + 1) * plan.copies * max(256, int(corpus.lengths[i]))
+        if cur and rows > micro_batch * 256:
             batches.append(np.array(cur))
             cur = []
         cur.append(i)
@@ -160,13 +161,16 @@ def run(args) -> dict:
     L = corpus.lengths
     subsets = {"random": draw_subset(N, max(1, int(args.subset_fraction * N)), 0)}
     short = np.flatnonzero(L <= args.short_max)
-    subsets["short"] = short[np.isin(short, draw_subset(N, max(1, int(2 * args.subset_fraction * N)), 0))]
-    log(f"N={N} lengths median {int(np.median(L))} max {L.max()}; D_sub random {len(subsets['random'])} "
+    n_short = max(1, int(2 * args.subset_fraction * N))
+    subsets["short"] = short[np.isin(short, draw_subset(N, n_short, 0))]
+    log(f"N={N} lengths median {int(np.median(L))} max {L.max()}; "
+        f"D_sub random {len(subsets['random'])} "
         f"(max len {L[subsets['random']].max()}), short {len(subsets['short'])} (max len "
         f"{L[subsets['short']].max()}); covered params {sum(p.numel() for _, p in params)}, "
         f"zero-gradient {zero}")
     results = {"model": args.model, "n": N, "median_length": float(np.median(L)),
-               "max_length": int(L.max()), "plans": {}, "subsets": {k: len(v) for k, v in subsets.items()},
+               "max_length": int(L.max()), "plans": {},
+               "subsets": {k: len(v) for k, v in subsets.items()},
                "dsub_max_length": {k: int(L[v].max()) for k, v in subsets.items()}}
     cache = out / "cache"
     cache.mkdir(exist_ok=True)
@@ -186,8 +190,9 @@ def run(args) -> dict:
             fishers = {}
             for sname, sub in subsets.items():
                 t1 = time.time()
-                fishers[sname] = fisher_pass(bundle, corpus, sub, params, seed=0, max_residues=10**6,
-                                             micro_batch_size=max(1, args.micro_batch // plan.copies),
+                micro = max(1, args.micro_batch // plan.copies)
+                fishers[sname] = fisher_pass(bundle, corpus, sub, params, seed=0,
+                                             max_residues=10**6, micro_batch_size=micro,
                                              device="cpu", masks=plan)
                 if sname == "random":
                     cost.append((time.time() - t1) / len(sub))
@@ -196,7 +201,8 @@ def run(args) -> dict:
                 for dname, kw in DAMPINGS.items():
                     weight_sets.append(dmp.influence_weights(f, dmp.Damping(**kw), "cpu"))
                     names.append((sname, dname))
-            parts = materialised_scores(bundle, corpus, params, groups, weight_sets, plan, args.micro_batch)
+            parts = materialised_scores(bundle, corpus, params, groups, weight_sets, plan,
+                                        args.micro_batch)
             parts_by_seed.append(parts)
             np.savez(f_cache, parts=parts, cost=cost[-1])
             log(f"{pname} seed {mseed}: {time.time() - t:.0f} s")
@@ -235,7 +241,8 @@ def table(results: dict) -> str:
              + ", ".join(f"{k} {v} (max len {results['dsub_max_length'][k]})"
                          for k, v in results["subsets"].items()),
              "",
-             "| masks | cost × | D_sub | damping | seed ρ | ρ(score, length) | positional share | Top-I 10% overlap | CCI 10% overlap |",
+             "| masks | cost × | D_sub | damping | seed ρ | ρ(score, length) | positional share "
+             "| Top-I 10% overlap | CCI 10% overlap |",
              "|---|---|---|---|---|---|---|---|---|"]
     for pname, res in results["plans"].items():
         for key, r in res["settings"].items():
@@ -249,7 +256,8 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("rnafm", "esmc"), default="rnafm")
     p.add_argument("--n", type=int, default=1000, help="sequences scored")
     p.add_argument("--max-length", type=int, default=512, help="residues kept (a prefix)")
@@ -258,7 +266,8 @@ def main(argv=None) -> int:
                    help="the 'short' D_sub holds only sequences of at most this many residues")
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--plans", nargs="+", default=list(PLANS), choices=list(PLANS))
-    p.add_argument("--micro-batch", type=int, default=32, help="rows (sequences x copies) per batch")
+    p.add_argument("--micro-batch", type=int, default=32,
+                   help="rows (sequences x copies) per batch")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench_scores")
     p.add_argument("--table-only", action="store_true", help="print the table of OUT/results.json")

@@ -1,9 +1,9 @@
 """Scoring-pass cost against a training step, in tokens/s per device, and against torch.func.
 
-    python launch/bench/scoring.py                       # CPU: tiny and mid rnafm, fp32, torch path
+    python launch/bench/scoring.py                       # CPU: tiny and mid rnafm, fp32, torch
     python launch/bench/scoring.py --configs rnafm:mid esmc:tiny --length 512 --batch 8
-    python launch/bench/scoring.py --device cuda         # GPU: esmc:300m esmc:600m rnafm:base, bf16,
-                                                         # torch and triton side by side
+    python launch/bench/scoring.py --device cuda         # GPU: esmc:300m esmc:600m rnafm:base,
+                                                         # bf16, torch and triton side by side
                                                          # (part of `make bench-gpu`)
 
 For each model, on the same batch (random sequences of exactly --length residues, one masked
@@ -51,7 +51,8 @@ BACKEND_ARMS = ("score", "fisher")  # the arms that run the kernels, once per --
 BACKENDS = ("auto", "torch", "triton")
 # Defaults per device: the CPU ones keep `make bench` to a few minutes on a laptop.
 DEFAULTS = {
-    "cuda": dict(configs=["esmc:300m", "esmc:600m", "rnafm:base"], arms=["train", "score", "fisher"],
+    "cuda": dict(configs=["esmc:300m", "esmc:600m", "rnafm:base"],
+                 arms=["train", "score", "fisher"],
                  backend=["torch", "triton"], precision="bf16", length=512, batch=16, repeats=10,
                  rounds=1),
     "cpu": dict(configs=["rnafm:tiny", "rnafm:mid"], arms=list(ARMS), backend=["torch"],
@@ -221,14 +222,16 @@ def _rnafm_functional_forward_call(module, params, tokens):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="cuda refuses to run without CUDA (exit 2); auto: cuda when available")
     p.add_argument("--configs", nargs="+", default=None,
                    help="model:size pairs to measure (default: CUDA "
                         f"{' '.join(DEFAULTS['cuda']['configs'])}; CPU "
                         f"{' '.join(DEFAULTS['cpu']['configs'])})")
-    p.add_argument("--length", type=int, default=None, help="residues per sequence (CUDA 512, CPU 256)")
+    p.add_argument("--length", type=int, default=None,
+                   help="residues per sequence (CUDA 512, CPU 256)")
     p.add_argument("--batch", type=int, default=None, help="micro-batch size, sequences (16)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repetitions per arm, median (CUDA 10, CPU 5)")
@@ -239,7 +242,8 @@ def parse_args(argv=None):
                    help="what to measure (CUDA: train score fisher; CPU: all)")
     p.add_argument("--backend", nargs="+", default=None, choices=BACKENDS,
                    help="kernel backends of the score/fisher arms, each measured "
-                        "(CUDA: torch triton; CPU: torch; triton on the CPU needs TRITON_INTERPRET=1)")
+                        "(CUDA: torch triton; CPU: torch; triton on the CPU needs "
+                        "TRITON_INTERPRET=1)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="bf16: autocast bf16 with fp32 accumulation, as the engine's "
                         "precision=bf16 (CUDA bf16, CPU fp32)")
@@ -252,16 +256,17 @@ def parse_args(argv=None):
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"scoring bench: --device cuda but CUDA is not available (torch {torch.__version__}); "
-              "run without --device for the CPU benchmark", file=sys.stderr)
+        print(f"scoring bench: --device cuda but CUDA is not available "
+              f"(torch {torch.__version__}); run without --device for the CPU benchmark",
+              file=sys.stderr)
         raise SystemExit(NO_CUDA)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     for k, v in DEFAULTS[args.device].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.backend = list(dict.fromkeys(
-        ("triton" if args.device == "cuda" else "torch") if b == "auto" else b for b in args.backend))
+    auto = "triton" if args.device == "cuda" else "torch"
+    args.backend = list(dict.fromkeys(auto if b == "auto" else b for b in args.backend))
     return args
 
 
@@ -311,8 +316,9 @@ def print_table(args, results: list[dict], cover_k: int) -> None:
     prec = ("bf16 autocast, fp32 accumulation" if args.precision == "bf16" else "fp32")
     print(f"\ndevice {r0.get('device', '?')} | {prec} | length {args.length} "
           f"(+BOS/EOS = {tok_seq} tokens/row), micro-batch {args.batch} sequences, "
-          f"{'one mask per sequence' if args.masks == 'one' else f'mask cover: {cover_k} rows per sequence'}"
-          f" | median of {args.repeats} x {args.rounds} rounds")
+          + ("one mask per sequence" if args.masks == "one"
+             else f"mask cover: {cover_k} rows per sequence")
+          + f" | median of {args.repeats} x {args.rounds} rounds")
     print(f"{'model':<11} {'params':>11} {'arm':<10} {'backend':<7} {'ms/batch':>9} "
           f"{'tokens/s':>10} {'÷ train':>8} {'build ms':>8} {'peak MB':>9}  target")
     for cfg in args.configs:
@@ -327,9 +333,9 @@ def print_table(args, results: list[dict], cover_k: int) -> None:
                   f"{r['seconds'] * 1e3:9.1f} {r['tokens_per_s']:10,.0f} {ratio} {build} "
                   f"{r['peak_mb']:9.1f}  {mark}")
     if args.masks == "one":
-        print(f"tokens/s is per pass with one mask per sequence. The engine's default ℓ(z) is a mask "
-              f"cover: {cover_k} masked copies per sequence, so scoring costs {cover_k} such passes: "
-              f"sequences/s = tokens/s ÷ ({cover_k} x {tok_seq}).")
+        print(f"tokens/s is per pass with one mask per sequence. The engine's default ℓ(z) is a "
+              f"mask cover: {cover_k} masked copies per sequence, so scoring costs {cover_k} such "
+              f"passes: sequences/s = tokens/s ÷ ({cover_k} x {tok_seq}).")
 
 
 def main(argv=None) -> int:
@@ -337,8 +343,9 @@ def main(argv=None) -> int:
     if args._arm:  # child process: one arm
         arm, cfg, backend = args._arm.split("@")
         model, size = cfg.split(":")
-        print("RESULT " + json.dumps(run_arm(arm, model, size, args.length, args.batch, args.repeats,
-                                             None if backend == "-" else backend, args.precision,
+        print("RESULT " + json.dumps(run_arm(arm, model, size, args.length, args.batch,
+                                             args.repeats, None if backend == "-" else backend,
+                                             args.precision,
                                              args.device, args.masks)), flush=True)
         return 0
     runs: dict = {}
@@ -346,18 +353,20 @@ def main(argv=None) -> int:
     for rnd in range(args.rounds):
         for cfg, arm, backend in measurements(args):
             cmd = [sys.executable, os.path.abspath(__file__), "--_arm", f"{arm}@{cfg}@{backend}",
-                   "--device", args.device, "--length", str(args.length), "--batch", str(args.batch),
+                   "--device", args.device, "--length", str(args.length),
+                   "--batch", str(args.batch),
                    "--repeats", str(args.repeats), "--precision", args.precision,
                    "--masks", args.masks]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not line:
                 print(f"{cfg} {arm} {backend}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 failed.append(f"{cfg} {arm} {backend}")
                 continue
             r = json.loads(line[0][7:])
             runs.setdefault((cfg, arm, backend), []).append(r)
-            print(f"  round {rnd + 1}: {cfg:<11} {arm:<10} {backend:<6} {r['seconds'] * 1e3:9.1f} ms "
+            print(f"  round {rnd + 1}: {cfg:<11} {arm:<10} {backend:<6} "
+                  f"{r['seconds'] * 1e3:9.1f} ms "
                   f"{r['tokens_per_s']:10,.0f} tokens/s {r['peak_mb']:8.1f} MB", flush=True)
     results = []
     for (cfg, arm, backend), rs in runs.items():
@@ -367,8 +376,8 @@ def main(argv=None) -> int:
                             peak_mb=max(r["peak_mb"] for r in rs),
                             rounds=[r["seconds"] for r in rs]))
     for r in results:
-        train = next((t["seconds"] for t in results if t["model"] == r["model"] and t["arm"] == "train"),
-                     None)
+        train = next((t["seconds"] for t in results
+                      if t["model"] == r["model"] and t["arm"] == "train"), None)
         r["over_train"] = r["seconds"] / train if train else None
     targets = score_targets(results, args.precision)
     cover_k = mask_plans()["cover"].copies
@@ -383,8 +392,8 @@ def main(argv=None) -> int:
         meta = {k: getattr(args, k) for k in ("device", "configs", "arms", "backend", "precision",
                                               "length", "batch", "repeats", "rounds", "masks")}
         meta.update(cover_copies=cover_k, failed=failed)
-        write_json(args.json, {"meta": meta, "results": [{k: v for k, v in r.items() if k != "target"}
-                                                         for r in results], "targets": targets})
+        rows = [{k: v for k, v in r.items() if k != "target"} for r in results]
+        write_json(args.json, {"meta": meta, "results": rows, "targets": targets})
     return 1 if failed else 0
 
 

@@ -1,14 +1,15 @@
 """Benchmark of the distributed selector against the single-process NumPy approach.
 
-    python launch/bench/selection.py                       # n = 10^8, 1 and 2 ranks + NumPy baseline
+    python launch/bench/selection.py                 # n = 10^8, 1 and 2 ranks + NumPy baseline
     python launch/bench/selection.py --n 10000000 --ranks 1 2 3 --no-baseline
 
 Each rank generates its own contiguous share of n float64 scores in-process (no files; score of
 corpus index i = round(-log(1 - u_i), 6) with u_i from hash(seed, i): exponential, with ties), then
-runs Top-I and CCI (budget 200,000 by default) through ``bioprune.engine.selection.exact.select`` and
-records wall time (barrier to coreset on rank 0) and peak RSS (VmHWM, reset before each run via
-/proc/self/clear_refs) per rank. RSS "beyond baseline" = peak minus the RSS after imports, before
-the data existed, i.e. the share of (index, score) data plus the selector's own memory.
+runs Top-I and CCI (budget 200,000 by default) through
+``bioprune.engine.selection.exact.select`` and records wall time (barrier to coreset on rank 0)
+and peak RSS (VmHWM, reset before each run via /proc/self/clear_refs) per rank. RSS "beyond
+baseline" = peak minus the RSS after imports, before the data existed, i.e. the share of (index,
+score) data plus the selector's own memory.
 
 The baseline reproduces the approach of the paper's public code in one process: a full argsort
 of the scores for the cut-off / the top k, then one boolean pass over the whole retained array
@@ -226,7 +227,8 @@ def main(argv=None) -> int:
             cmd = entry_command(me, ["--worker", "--out", out, *_common(args)], w)
             print(f"running {w} rank(s) ...", flush=True)
             _run(cmd)
-            results += [dict(r, method=f"bioprune, {w} rank(s)") for r in json.loads(out.read_text())]
+            results += [dict(r, method=f"bioprune, {w} rank(s)")
+                        for r in json.loads(out.read_text())]
         if not args.no_baseline:
             out = tmp / "baseline.json"
             print("running the NumPy baseline ...", flush=True)

@@ -1,4 +1,5 @@
-"""The project's throughput targets (README, GPU throughput) and how the benchmarks mark them PASS / FAIL.
+"""The project's throughput targets (README, GPU throughput) and how the benchmarks mark them
+PASS / FAIL.
 
 Both benchmarks (``scoring.py``, ``kernel_ops.py``) put a ``targets`` list in their JSON; each entry
 is one ``check``: the measured value, the bound, and ``pass`` = True / False, or None when the

@@ -10,8 +10,9 @@ for RANKS > 1) on the first --n proteins of NetSurfP (or RNA records of the samp
 cropped to --max-length, with fine-tuning on (--adapt-steps optimizer steps on D_sub) and one
 mask per sequence. Peak memory is each rank's peak RSS during each phase (VmHWM, reset
 between phases), as recorded by the run in its manifest (``zero.peak_memory_mb_per_rank``);
-times and sequences/s come from the manifest, tokens/s counts real tokens (residues + BOS + EOS). Runs are sequential (the table is only fair
-when one runs at a time) and resumable: a configuration whose run finished is read back.
+times and sequences/s come from the manifest, tokens/s counts real tokens (residues + BOS +
+EOS). Runs are sequential (the table is only fair when one runs at a time) and resumable: a
+configuration whose run finished is read back.
 Writes OUT/results.json and OUT/results.md and prints the markdown table.
 """
 from __future__ import annotations

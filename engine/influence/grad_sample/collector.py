@@ -168,7 +168,8 @@ class SquaredGradCollector:
             node, shape = output.grad_fn, output.shape
             if output._is_view():
                 base = output._base
-                if base.numel() != output.numel() or not base.is_contiguous() or base.grad_fn is None:
+                if base.numel() != output.numel() or not base.is_contiguous() \
+                        or base.grad_fn is None:
                     output = output.clone()  # an unusual view: tap a private copy instead
                     output.grad_fn.register_prehook(
                         lambda grads: self._apply(module, rule, x, grads[0], time_first))
@@ -195,7 +196,8 @@ class SquaredGradCollector:
                     raise RuntimeError("the cross-term score needs at least 2 masked copies")
                 self.scores = torch.zeros(R // self.copies, dtype=torch.float64, device=d.device)
         elif R != self._batch_size:
-            raise RuntimeError(f"layer batch size {R} != {self._batch_size}: wrong time_first layout?")
+            raise RuntimeError(f"layer batch size {R} != {self._batch_size}: "
+                               "wrong time_first layout?")
         self._backwards += 1
         rule.fn(module, x, d, self)
 

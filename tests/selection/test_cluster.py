@@ -37,6 +37,8 @@ def clustered(corpus):
     return mmseqs_clusters(corpus, identity=0.5, coverage=0.8)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_real_mmseqs_clusters_are_deterministic_and_complete(corpus, clustered):
     rep1, info = clustered
     rep2, _ = mmseqs_clusters(corpus, identity=0.5, coverage=0.8)
@@ -53,6 +55,8 @@ def test_real_mmseqs_clusters_are_deterministic_and_complete(corpus, clustered):
 
 
 @pytest.mark.parametrize("frac", [0.05, 0.3, 0.9, 1.0])
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_budget_exact_reps_first(corpus, clustered, frac):
     n = len(corpus)
     b = max(1, int(frac * n))
@@ -102,6 +106,8 @@ def test_clusters_are_drawn_uniformly_not_by_size():
     assert 60 <= picks_big <= 140        # 1/10 of 1000 draws, binomial sd ~9.5
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_select_launcher_cluster_strategy_matches_the_function(tmp_path, corpus, clustered):
     """``select_coreset.py --strategy cluster`` on a (real-format) scores directory of the same
     corpus gives the coreset of ``select_from_clusters`` on the same MMseqs2 table."""
@@ -162,6 +168,8 @@ def _scores_run(tmp_path, corpus, name="scores"):
     return tmp_path / name
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_cluster_table_round_trip_and_reuse(tmp_path, corpus, clustered):
     """The table a cluster selection leaves (clusters.tsv, by record id) reads back to the same
     clusters, and --clusters reuses it: the same coreset without running MMseqs2."""
@@ -185,6 +193,9 @@ def test_cluster_table_round_trip_and_reuse(tmp_path, corpus, clustered):
         read_cluster_table(tmp_path / "sel" / "clusters.tsv", corpus), rep)
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_dedup_selection_matches_the_in_process_one_on_1_and_2_ranks(tmp_path, corpus,
                                                                        clustered):
     from bioprune.engine.io.scores import read_scores

@@ -2,9 +2,9 @@
 1, 2 and 3 CPU ranks (gloo), equal to the brute-force reference; errors raised on every rank
 together; the command line's exit code 2 on all ranks.
 
-This file is also the launched worker (``python tests/test_selection_dist.py --work DIR``): one
-launch runs every scenario x strategy x budget, so the launcher's start-up is paid once per world
-size.
+This file is also the launched worker (``python tests/selection/test_selection_dist.py --work
+DIR``): one launch runs every scenario x strategy x budget, so the launcher's start-up is paid once
+per world size.
 """
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+# every test uses the module fixture `launched`: deepspeed launches of 1, 2 and 3 ranks
+pytestmark = [pytest.mark.slow, pytest.mark.multirank, pytest.mark.subprocess]
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().relative_to(ROOT)   # this file, run by the launcher
 WORLDS = (1, 2, 3)
 
 
@@ -68,7 +72,8 @@ def _configs():
         c.setdefault("beta", 0.05)
         c.setdefault("K", 50)
         c.setdefault("seed", 0)
-        c["name"] = f"{c['scenario']}-{c['strategy']}-{c['budget']}-{c['beta']}-{c['K']}-{c['seed']}"
+        c["name"] = "-".join(str(c[k]) for k in ("scenario", "strategy", "budget", "beta", "K",
+                                                 "seed"))
     errs = [dict(name="nan", scenario="bad_nan", strategy="topk", budget=3),
             dict(name="dup", scenario="bad_dup", strategy="cci", budget=3),
             dict(name="budget", scenario="ties", strategy="cci", budget=5701),
@@ -150,7 +155,8 @@ def _free_port() -> int:
 
 
 def _deepspeed(world: int, script: str, args: list[str], timeout=240):
-    exe = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
+    exe = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) \
+        or shutil.which("deepspeed")
     if exe is None:
         pytest.skip("deepspeed launcher not found")
     cmd = [exe, "--num_gpus", str(world), "--master_port", str(_free_port()), script] + args
@@ -162,7 +168,8 @@ def _deepspeed(world: int, script: str, args: list[str], timeout=240):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)     # the launcher and the ranks it started
         out, err = proc.communicate()
-        pytest.fail(f"deepspeed run timed out after {timeout} s (hang?):\n{out[-2000:]}{err[-3000:]}")
+        pytest.fail(f"deepspeed run timed out after {timeout} s (hang?):\n"
+                    f"{out[-2000:]}{err[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -173,7 +180,7 @@ def launched(tmp_path_factory):
     results = {}
     for world in WORLDS:
         out = work / f"out-{world}"
-        p = _deepspeed(world, "tests/test_selection_dist.py", ["--work", str(work), "--out", str(out)])
+        p = _deepspeed(world, str(WORKER), ["--work", str(work), "--out", str(out)])
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         with np.load(out / "coresets.npz") as z:
             cores = {k: z[k] for k in z.files}

@@ -31,7 +31,8 @@ def test_part_format_exact_dtypes(tmp_path):
     # torch tensors are accepted too
     import torch
 
-    S.write_part(d, 4, torch.tensor([6]), torch.tensor([0.5]), torch.tensor([3]), torch.tensor([1.0]))
+    S.write_part(d, 4, torch.tensor([6]), torch.tensor([0.5]), torch.tensor([3]),
+                 torch.tensor([1.0]))
     assert S.read_scores(d)["index"].tolist() == [4, 5, 6]
 
 

@@ -117,7 +117,8 @@ def test_paired_uses_only_common_seeds():
 
 
 def test_lower_is_better_direction_for_loss():
-    assert all(R.lower_is_better(m) for m in ("loss", "ppl", "loss_macro", "loss@rRNA", "loss@rnacentral_sample#2"))
+    assert all(R.lower_is_better(m) for m in ("loss", "ppl", "loss_macro", "loss@rRNA",
+                                              "loss@rnacentral_sample#2"))
     assert not any(R.lower_is_better(m) for m in ("acc", "macro_f1", "f1", "mcc", "spearman",
                                                   "pearson", "precision", "recall"))
     lower = dict(zip(SEEDS, _loss(1.40)))

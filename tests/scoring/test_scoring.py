@@ -57,7 +57,8 @@ def test_fisher_is_mean_of_squared_per_sample_grads(name):
     scale = max(ref[n].square().mean(0).norm().item() for n in ref)
     for n, _ in params:
         expect = ref[n].square().mean(0)
-        assert (fisher[n] - expect).norm().item() <= 1e-5 * max(expect.norm().item(), 1e-6 * scale), n
+        assert (fisher[n] - expect).norm().item() <= 1e-5 * max(expect.norm().item(),
+                                                                1e-6 * scale), n
 
 
 @pytest.mark.parametrize("name", ["rnafm", "esmc", "esm2"])
@@ -75,7 +76,8 @@ def test_self_scores_of_subset_count_nonzero_fisher_entries(name):
     assert 0 < nonzero < total or (name == "esm2" and nonzero == total)
     weights = influence_weights(fisher, 1e-30, "cpu")
     with Scorer(bundle, params, weights, seed=SEED, max_residues=1000, device="cpu") as scorer:
-        scores = np.concatenate([scorer.score_indices(corpus, b)["score"] for b in (subset[:6], subset[6:])])
+        scores = np.concatenate([scorer.score_indices(corpus, b)["score"]
+                                 for b in (subset[:6], subset[6:])])
     assert abs(scores.mean() - nonzero) <= 1e-3 * nonzero
 
 

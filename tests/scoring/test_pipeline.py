@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from pipeline_utils import command, data_dir, env, read_scores, run, small_corpus
 
-pytestmark = pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data")
+# every test runs launch/score.py (most share the module fixture `one_rank`, one scoring run)
+pytestmark = [pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data"),
+              pytest.mark.slow, pytest.mark.subprocess]
 
 SCORE_ARGS = ["--model", "rnafm", "--model-size", "tiny", "--max-length", "96",
               "--subset-size", "32", "--finetune-epochs", "1", "--finetune-warmup", "2",
@@ -70,6 +72,7 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert m["counts"]["fisher_nonzero"] == sum(int((f != 0).sum()) for f in fisher.values())
 
 
+@pytest.mark.multirank
 def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tmp_path):
     out2 = tmp_path / "run2"
     run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out2)], ranks=2)
@@ -90,6 +93,7 @@ def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tm
         np.testing.assert_array_equal(sel[0], sel[1])
 
 
+@pytest.mark.multirank
 def test_select_under_mpiexec_matches_one_rank(one_rank, tmp_path):
     # mpirun/mpiexec instead of the deepspeed launcher: ranks are discovered through mpi4py
     sel = []
@@ -105,7 +109,8 @@ def test_select_under_mpiexec_matches_one_rank(one_rank, tmp_path):
 
 def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)]),
+    proc = subprocess.Popen(command("score.py", ["--data", *corpus_files, *SCORE_ARGS,
+                                                 "--out", str(out)]),
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     scores = out / "scores"
@@ -246,9 +251,9 @@ def test_protein_corpus_with_esmc_without_finetuning(tmp_path):
     assert m["counts"]["subset"] == 12 and "adapt" not in m["timings_s"]
     s = read_scores(out / "scores")
     assert (s["score"] > 0).all() and (s["length"] <= 80).all()
-    run("select_coreset.py", ["--scores", str(out / "scores"), "--strategy", "random", "--budget", "5",
-                      "--out", str(out / "random"), "--data"])
+    run("select_coreset.py", ["--scores", str(out / "scores"), "--strategy", "random",
+                              "--budget", "5", "--out", str(out / "random"), "--data"])
     coreset = np.load(out / "random" / "coreset.npy")
-    headers = [l for l in (out / "random" / "coreset.fasta").read_text().splitlines()
-               if l.startswith(">")]
+    headers = [ln for ln in (out / "random" / "coreset.fasta").read_text().splitlines()
+               if ln.startswith(">")]
     assert len(coreset) == 5 and [int(h.split("index=")[1]) for h in headers] == coreset.tolist()

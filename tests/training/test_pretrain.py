@@ -9,9 +9,12 @@ import torch
 from bioprune.engine.models import build_model, load_saved_model
 from pipeline_utils import data_dir, run, small_corpus
 
-pytestmark = pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data")
+# every test runs launch/pretrain.py (one rank)
+pytestmark = [pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data"),
+              pytest.mark.subprocess]
 
 
+@pytest.mark.slow
 def test_pretrain_zero3_resume_and_export(tmp_path):
     files = small_corpus(tmp_path, n_fasta=30, n_csv=30)
     idx = np.arange(0, 60, 2, dtype=np.int64)
@@ -51,6 +54,7 @@ def test_pretrain_rejects_indices_outside_corpus(tmp_path):
     assert p.returncode == 2 and "outside the corpus of 10" in p.stderr
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_a_coreset_selected_on_another_corpus(tmp_path):
     """Indices are corpus positions: the same records in another order pass the range checks,
     so the coreset's selection.json carries the scored corpus's digest and pretrain compares."""
@@ -82,6 +86,7 @@ def _epoch_rows(out) -> list[tuple[int, int, float]]:
                 for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_pretrain_extended_steps_match_an_unbroken_run(tmp_path):
     # 54 training sequences in micro-batches of 8: 7 steps an epoch. 17 steps end 3 steps into
     # epoch 2; the short run stops 2 steps into epoch 1, so the extension must finish epoch 1

@@ -63,7 +63,8 @@ def test_tokenisation_follows_each_vocabulary():
     seq = "MKXBZUOW"
     ids = tok(seq).input_ids[1:-1]
     assert [int(prot.residue_lut[ord(c)]) for c in seq] == ids
-    assert [int(i) for i in prot.random_residue_ids] == [tok.get_vocab()[c] for c in "ACDEFGHIKLMNPQRSTVWY"]
+    vocab = tok.get_vocab()
+    assert [int(i) for i in prot.random_residue_ids] == [vocab[c] for c in "ACDEFGHIKLMNPQRSTVWY"]
 
 
 def test_masks_are_a_function_of_seed_and_index():

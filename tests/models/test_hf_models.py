@@ -87,7 +87,8 @@ def test_export_loads_with_from_pretrained_and_back(tmp_path):
     torch.testing.assert_close(mine, theirs)
     again = load_saved_model(tmp_path / "export")
     assert again.name == "esm2" and again.size == "tiny"
-    for (n, a), (_, b) in zip(bundle.module.state_dict().items(), again.module.state_dict().items()):
+    for (n, a), (_, b) in zip(bundle.module.state_dict().items(),
+                              again.module.state_dict().items()):
         assert torch.equal(a, b), n
     # evaluate.py --run takes such an export as a pretraining output (its config.json keeps our
     # model/size as bioprune_model/bioprune_size) and refuses another size by name
@@ -104,6 +105,9 @@ def test_export_loads_with_from_pretrained_and_back(tmp_path):
     assert evaluate([*base, "--model-size", "8m", "--out", str(tmp_path / "ev2")]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_esm2_scores_same_on_one_and_two_ranks_then_pretrain_exports_hf(tmp_path):
     from transformers import AutoModelForMaskedLM
 

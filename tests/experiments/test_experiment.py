@@ -29,6 +29,8 @@ def quick(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_quick_study_every_arm_and_outputs(quick):
     cfg = load_config(QUICK)
     with open(quick / "results.csv") as f:
@@ -41,7 +43,8 @@ def test_quick_study_every_arm_and_outputs(quick):
     # the same held-out sequences and masks for every arm, a loss per source and their mean
     metrics = {r["metric"] for r in rows if r["task"] == "mlm"}
     assert {"loss", "ppl", "loss_macro", "loss@rnacentral_sample"} <= metrics
-    evals = [json.loads(p.read_text())["tasks"]["mlm"] for p in quick.glob("arms/*/s0/eval/eval.json")]
+    evals = [json.loads(p.read_text())["tasks"]["mlm"]
+             for p in quick.glob("arms/*/s0/eval/eval.json")]
     assert len({(e["n_test"], tuple(e["mask_seeds"])) for e in evals}) == 1
     split_info = json.loads((quick / "data" / "_DONE.json").read_text())
     assert evals[0]["n_test"] == split_info["n_heldout"]
@@ -56,7 +59,8 @@ def test_quick_study_every_arm_and_outputs(quick):
     tasks = cfg["evaluation"]["tasks"] + cfg["evaluation"]["gate_only_tasks"]
     assert {r["task"] for r in rows} == set(tasks)
     # a gate-only probe runs on Full and the floor alone
-    assert {r["arm"] for r in rows if r["task"] in cfg["evaluation"]["gate_only_tasks"]} == {"full", "init"}
+    gate_only = cfg["evaluation"]["gate_only_tasks"]
+    assert {r["arm"] for r in rows if r["task"] in gate_only} == {"full", "init"}
     md = (quick / "results.md").read_text()
     assert md.index("## Power gate") < md.index("## Verdicts")
     assert "Composition of each coreset" in md
@@ -67,7 +71,8 @@ def test_quick_study_every_arm_and_outputs(quick):
     assert man["commit"]["hash"] and man["versions"]["torch"] and man["commands"]
     assert {"reference", "score", "pretrain", "evaluate", "select"} <= set(man["wall_s_per_phase"])
     # compute-matched: every arm ran the same number of optimizer steps, recorded
-    steps = {json.loads(p.read_text())["steps"] for p in quick.glob("arms/*/s*/pretrain/_DONE.json")}
+    steps = {json.loads(p.read_text())["steps"]
+             for p in quick.glob("arms/*/s*/pretrain/_DONE.json")}
     assert steps == {cfg["training"]["steps"]}
     # the held-out part is disjoint from the training corpus and never scored
     split = json.loads((quick / "data" / "_DONE.json").read_text())
@@ -80,6 +85,8 @@ def test_quick_study_every_arm_and_outputs(quick):
         assert idx.dtype == np.int64 and (np.diff(idx) > 0).all() and idx.max() < split["n_train"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_rerun_skips_finished_steps(quick, capsys):
     n_cmds = len(json.loads((quick / "manifest.json").read_text())["commands"])
     out = _run(quick, capsys=capsys)
@@ -93,6 +100,8 @@ def test_rerun_skips_finished_steps(quick, capsys):
     assert [c["step"] for c in man["commands"][n_cmds:]] == ["cci@10%/s0/eval"]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_rerun_with_other_settings_is_refused(quick):
     from bioprune.launch.experiment import main
 
@@ -101,6 +110,8 @@ def test_rerun_with_other_settings_is_refused(quick):
               "--dry-run"])
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_rerun_may_add_or_leave_out_strategies(quick, capsys):
     """Arms may be added or left out (selection.strategies); nothing else about the finished
     arms changes, so the rerun is allowed and says so."""
@@ -144,9 +155,11 @@ def test_rna_1pct_plan():
 
 def test_calibration_and_known_truth_configs_plan():
     cal = load_config(ROOT / "configs" / "experiments" / "rna-calibrate.toml")
-    assert cal["corpus"]["calibrate"] and {a["strategy"] for a in arms(cal)} == {"full", "random", "init"}
+    assert cal["corpus"]["calibrate"] and {a["strategy"] for a in arms(cal)} == {"full", "random",
+                                                                                 "init"}
     planted = load_config(ROOT / "configs" / "experiments" / "rna-planted.toml")
     assert planted["corpus"]["planted"]["file"] in planted["corpus"]["files"]
     assert {"random@1%", "cci@1%", "cluster@1%"} <= {a["name"] for a in arms(planted)}
     for name in ("protein-1pct", "protein-calibrate"):
-        assert load_config(ROOT / "configs" / "experiments" / f"{name}.toml")["molecule"] == "protein"
+        path = ROOT / "configs" / "experiments" / f"{name}.toml"
+        assert load_config(path)["molecule"] == "protein"

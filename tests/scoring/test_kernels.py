@@ -9,15 +9,15 @@ import os
 # tests/conftest.py does the same for the whole session.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import subprocess
+import sys
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import bioprune.kernels.ops as K  # noqa: E402
-from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm  # noqa: E402
-from bioprune.kernels import reference as R  # noqa: E402
+import bioprune.kernels.ops as K
+from bioprune.kernels.ops import fisher_accumulate, weighted_sq_norm
+from bioprune.kernels import reference as R
 
 
 def _triton_device() -> str:
@@ -289,7 +289,8 @@ def test_empty_batch_or_sequence(backend):
 def test_auto_backend_uses_torch_on_cpu(monkeypatch):
     calls = []
     real = K.fisher_accumulate_torch
-    monkeypatch.setattr(K, "fisher_accumulate_torch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(K, "fisher_accumulate_torch",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     x, d = make_inputs(2, 3, 4, 5, torch.float32)
     f = torch.zeros(5, 4)
     fisher_accumulate(x, d, f)
@@ -362,6 +363,7 @@ def test_unknown_backend():
         fisher_accumulate(x, d, torch.zeros(5, 4), backend="cuda")
 
 
+@pytest.mark.subprocess
 def test_triton_on_cpu_without_interpreter_is_a_clear_error():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (

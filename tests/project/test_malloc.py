@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+
 SCRIPT = """
 import os, numpy as np
 from bioprune.engine.runtime import malloc

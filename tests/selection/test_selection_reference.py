@@ -33,7 +33,8 @@ def ref_random(index, m, seed=0):
 
 
 def ref_algorithm1(sizes, budget):
-    """Algorithm 1, literally: visit strata by (size asc, stratum asc), give min(size, left // rest)."""
+    """Algorithm 1, literally: visit strata by (size asc, stratum asc), give min(size, left //
+    rest)."""
     K = len(sizes)
     visit = sorted(range(K), key=lambda j: (sizes[j], j))
     out = [0] * K

@@ -240,6 +240,7 @@ def test_plan_cuts_big_files_and_keeps_others_whole(inputs):
 # ----------------------------------------------------------------------------- one rank, many units
 
 
+@pytest.mark.slow
 def test_one_rank_many_units_equals_the_serial_build(inputs, reference, tmp_path):
     """The parallel machinery on one rank with every input cut into up to 9 units: plan,
     scan, merge, deferred ids and assembly give the reference bytes and errors."""
@@ -331,6 +332,9 @@ def _decode(got):
                    for k, v in got[1].items()})
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
     """Two gloo ranks, each scanning its share: every case gives the reference bytes and, on
     both ranks, the reference error; a built cache is reused, a stale one refused on both ranks;
@@ -365,6 +369,9 @@ def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
     assert not [p for p in work.iterdir() if p.name.startswith(".")]     # no temporary left
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_deepspeed_launcher_two_ranks(inputs, tmp_path):
     """The real launcher (deepspeed --num_gpus 2, gloo on CPU) through the benchmark's worker:
     the real RNA sample data cut across both ranks equals the single-process build."""

@@ -17,7 +17,7 @@ from bioprune.engine.selection.radix import decode_desc, encode_desc
 from bioprune.engine.selection.rules import strata_budgets
 from test_selection_reference import ref_algorithm1, ref_cci, ref_select, ref_topk
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tie_heavy(n, seed=0, decimals=1):
@@ -273,7 +273,8 @@ def test_other_request_errors():
 # ----------------------------------------------------------------------------- command line
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("bioprune_launch_select", ROOT / "launch" / "select_coreset.py")
+    spec = importlib.util.spec_from_file_location("bioprune_launch_select",
+                                                  ROOT / "launch" / "select_coreset.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

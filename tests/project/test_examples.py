@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.sbatch"))
 
 
@@ -22,7 +22,8 @@ def _calls(text: str):
 
 
 def _known_flags(script: str) -> set[str]:
-    spec = importlib.util.spec_from_file_location(f"example_{script}", ROOT / "launch" / f"{script}.py")
+    spec = importlib.util.spec_from_file_location(f"example_{script}",
+                                                  ROOT / "launch" / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     flags = set()

@@ -79,4 +79,5 @@ def test_parameter_pattern_restricts_coverage():
         _backward_pass(bundle, make_batch(corpus, [0, 1], bundle, SEED), col)
         assert set(col.squared) == {n for n, _ in params}
     # every parameter is trainable again afterwards
-    assert all(p.requires_grad for n, p in bundle.module.named_parameters() if "contact_head" not in n)
+    assert all(p.requires_grad for n, p in bundle.module.named_parameters()
+               if "contact_head" not in n)

@@ -7,7 +7,9 @@ import pytest
 
 from pipeline_utils import data_dir, read_scores, run, small_corpus
 
-pytestmark = pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data")
+# one scoring run under the deepspeed launcher and one under mpiexec, 2 ranks each
+pytestmark = [pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data"),
+              pytest.mark.slow, pytest.mark.multirank, pytest.mark.subprocess]
 
 ARGS = ["--model", "rnafm", "--model-size", "tiny", "--max-length", "64", "--subset-size", "16",
         "--finetune-epochs", "1", "--finetune-global-batch", "8", "--micro-batch-size", "4",

@@ -234,7 +234,8 @@ def test_skip_drops_lists_and_counts_bad_records(ctx, tmp_path):
     assert c.stats["inputs"][2]["records"] == 3 and c.stats["inputs"][2]["rejected"] == 4
     with open(tmp_path / "c" / "rejected.tsv") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [(r["record"], r["id"]) for r in rows] == [("2", "b"), ("4", "d"), ("5", "e"), ("7", "g")]
+    assert [(r["record"], r["id"]) for r in rows] == [("2", "b"), ("4", "d"), ("5", "e"),
+                                                      ("7", "g")]
     assert all(r["file"] == ctx["bad"] for r in rows) and "empty record" in rows[1]["reason"]
     # a cache built with skip is not reused for error mode, and vice versa
     from bioprune.engine.data.corpus import CorpusError
@@ -257,8 +258,8 @@ def test_bom_and_NA(tmp_path):
 
 def test_score_with_skip_end_to_end(ctx, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err, _ = invoke("score", ["--data", ctx["bad"], "--molecule", "rna", "--out", str(out)],
-                             capsys)
+    code, _, err, _ = invoke("score", ["--data", ctx["bad"], "--molecule", "rna",
+                                       "--out", str(out)], capsys)
     assert code == 2 and "4 invalid records" in err   # then the fix into the same --out:
     code, stdout, err, _ = invoke("score", ["--data", ctx["bad"], "--molecule", "rna",
                                             "--on-invalid", "skip", "--finetune-epochs", "0",
@@ -315,6 +316,7 @@ def test_selection_refuses_an_unrecorded_earlier_selection(ctx, tmp_path, capsys
 # ---------------------------------------------------------------------------- locks, ports, bugs
 
 
+@pytest.mark.subprocess
 def test_second_writer_on_the_same_out_is_refused(ctx, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -337,6 +339,7 @@ def test_second_writer_on_the_same_out_is_refused(ctx, tmp_path, capsys):
         holder.wait()
 
 
+@pytest.mark.subprocess
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     from bioprune.engine.runtime import lock
 
@@ -354,6 +357,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
     assert (out / lock.LOCK_FILE).read_text() == ""
 
 
+@pytest.mark.subprocess
 def test_rendezvous_port_taken_is_one_line(ctx, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -370,6 +374,9 @@ def test_rendezvous_port_taken_is_one_line(ctx, tmp_path):
     assert "deepspeed --master_port" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_two_jobs_on_one_port_do_not_kill_each_other(ctx, tmp_path):
     """Two 2-rank jobs started together on the same rendezvous port (as two jobs without
     --master_port both get 29500): one finishes with the right coreset, the other ends with the
@@ -395,6 +402,9 @@ def test_two_jobs_on_one_port_do_not_kill_each_other(ctx, tmp_path):
     assert len(np.load(tmp_path / f"s{winner}" / "coreset.npy")) == 10
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_mpi_without_master_port_picks_a_free_port(ctx, tmp_path):
     # DeepSpeed's MPI discovery would put every job on port 29500; bioprune's rank 0 picks a
     # free port and broadcasts it (MASTER_PORT, when set, is used as given)
@@ -433,6 +443,8 @@ def test_a_real_bug_keeps_its_traceback(ctx, tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------------------- pretrain identity
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_pretrain_other_coreset_refused_finished_run_reruns_cleanly(ctx, tmp_path, capsys):
     out = tmp_path / "pt"
     common = ["--data", *ctx["rna"], "--max-length", "32", "--heldout-size", "4", "--warmup", "2",

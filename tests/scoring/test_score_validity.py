@@ -153,7 +153,8 @@ def test_cross_term_scores_match_torch_func(name, plan):
 def test_unmasked_and_rate_plans():
     bundle, corpus = _setup("rnafm", n=4, lengths=(10, 40))
     u = make_batch(corpus, [0, 1], bundle, SEED, masks=MaskPlan(unmasked=True))
-    assert (u.labels != IGNORE).sum() == corpus.lengths[:2].sum() and not (u.tokens == bundle.mask_id).any()
+    assert (u.labels != IGNORE).sum() == corpus.lengths[:2].sum()
+    assert not (u.tokens == bundle.mask_id).any()
     r = make_batch(corpus, [2], bundle, SEED, masks=MaskPlan(draws=1, rate=0.3))
     assert (r.labels != IGNORE).sum() == n_masked(int(corpus.lengths[2]), 0.3)
     for bad in (dict(unmasked=True, draws=2), dict(covers=1, rate=0.3), dict(draws=1, rate=1.0)):
@@ -188,7 +189,8 @@ def test_self_scores_count_included_coordinates_with_several_masks(name):
         else:
             assert 0 < info["included"] < nonzero and info["excluded"] > 0
         w = dmp.influence_weights(fisher, d, "cpu")
-        with Scorer(bundle, params, w, seed=SEED, max_residues=1000, device="cpu", masks=plan) as sc:
+        with Scorer(bundle, params, w, seed=SEED, max_residues=1000, device="cpu",
+                    masks=plan) as sc:
             s = np.concatenate([sc.score_indices(corpus, b)["score"] for b in (idx[:2], idx[2:])])
         assert abs(s.mean() - info["included"]) <= 1e-3 * info["included"]
 

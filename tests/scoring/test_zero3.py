@@ -46,6 +46,9 @@ def _zero_record(out):
 
 @needs_data
 @pytest.mark.parametrize("model", ["rnafm", "esmc"])
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_zero3_scores_equal_unsharded_on_1_2_3_ranks(tmp_path, model):
     """w/o ft, so every run scores the same model: partitioning alone must not move a score."""
     if model == "rnafm":
@@ -72,6 +75,9 @@ def test_zero3_scores_equal_unsharded_on_1_2_3_ranks(tmp_path, model):
 
 
 @needs_data
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_zero3_adaptation_matches_the_unsharded_one(tmp_path):
     """Fine-tuning under ZeRO-3 on 2 ranks, partitions offloaded (ZeRO-Infinity), = stage 0 on
     1 rank with the same global batch: the exported adapted weights (gathered to rank 0) and
@@ -93,6 +99,9 @@ def test_zero3_adaptation_matches_the_unsharded_one(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_zero3_mid_model_two_ranks(tmp_path):
     files = small_corpus(tmp_path, n_fasta=6, n_csv=6)
     extra = ["--model-size", "mid", "--finetune-epochs", "0", "--mask-draws", "1",
@@ -102,6 +111,7 @@ def test_zero3_mid_model_two_ranks(tmp_path):
     _assert_same_run(ref, got)
 
 
+@pytest.mark.subprocess
 def test_offload_needs_stage_3(tmp_path):
     p = run("score.py", ["--data", str(tmp_path / "x.fasta"), "--out", str(tmp_path / "o"),
                          "--offload", "cpu", "--zero-stage", "2"], check=False)
@@ -139,7 +149,8 @@ def test_streamed_safetensors_read_back_by_the_library(tmp_path):
             torch.testing.assert_close(f.get_tensor(k), v, rtol=0, atol=0)
     for k, v in tensors.items():   # each rank reads only its partition
         for world in (1, 2, 3, 5):
-            got = torch.cat([read_partition(path, k, tuple(v.shape), partition_of(v.numel(), r, world))
+            got = torch.cat([read_partition(path, k, tuple(v.shape),
+                                            partition_of(v.numel(), r, world))
                              for r in range(world)])
             torch.testing.assert_close(got, v.reshape(-1), rtol=0, atol=0)
     with pytest.raises(ValueError, match="declared"):
@@ -148,6 +159,9 @@ def test_streamed_safetensors_read_back_by_the_library(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_zero3_pretraining_matches_stage_2(tmp_path):
     """pretrain.py under ZeRO-3 (model built partitioned, exported by gathering to rank 0) trains
     as stage 2 does; a held-out set of 9 on 2 ranks with micro-batch 4 gives the ranks 2 and 1

@@ -1,8 +1,8 @@
 """The architecture holds: stage subpackages import only earlier stages, no sys.path tricks, no
 folder or module of the checkout can shadow the standard library or an installed distribution
-(whichever of the repository root, ``launch/``, ``launch/bench/`` or ``tests/`` is first on
-``sys.path``), and a plain (non-editable) install finds its DeepSpeed configs and installs the
-entry-point commands."""
+(whichever of the repository root, ``launch/``, ``launch/bench/``, ``tests/`` or a stage folder
+``tests/<stage>/`` is first on ``sys.path``), and a plain (non-editable) install finds its
+DeepSpeed configs and installs the entry-point commands."""
 import ast
 import importlib.metadata
 import os
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
 ENGINE = ROOT / "engine"
 # the order of engine/__init__.py's diagram: a package may import itself and those before it
 STAGES = ["runtime", "io", "data", "models", "training", "influence", "selection", "evaluation",
@@ -75,10 +76,19 @@ def test_no_sys_path_manipulation():
 
 
 # Folders Python puts first on sys.path: the repository root (`python -m pytest`, `python -c`),
-# a launcher's or benchmark's own folder (`python launch/x.py`, `deepspeed launch/x.py`) and tests/
-# (pytest's rootdir-relative import of conftest.py and its helpers).
-FIRST_ON_PATH = [ROOT, ROOT / "launch", ROOT / "launch" / "bench", ROOT / "tests"]
+# a launcher's or benchmark's own folder (`python launch/x.py`, `deepspeed launch/x.py`), tests/
+# (pytest's rootdir-relative import of conftest.py and its helpers) and every stage folder below
+# it (pytest's default "prepend" import mode puts a test file's own folder first; a worker such as
+# tests/selection/test_selection_dist.py also runs as a script from there).
+FIRST_ON_PATH = [ROOT, ROOT / "launch", ROOT / "launch" / "bench", TESTS]
 SOURCE_FOLDERS = ["engine", "kernels", "launch", "ds_configs"]
+
+
+def _and_below(where: Path) -> list[Path]:
+    """``where``, and for tests/ every folder below it too (the stage folders)."""
+    if where != TESTS:
+        return [where]
+    return sorted(p for p in [TESTS, *TESTS.rglob("*")] if p.is_dir() and p.name != "__pycache__")
 
 
 def _shadowing_names(folder: Path) -> dict[str, str]:
@@ -99,19 +109,32 @@ def _installed_import_names() -> set[str]:
 
 
 def test_source_folders_are_namespace_portions():
-    """By construction: the folders that install as bioprune.* can never hide a distribution."""
+    """By construction: the folders that install as bioprune.* can never hide a distribution.
+    Nor can tests/ and its stage folders: none holds an ``__init__.py``, so pytest imports each
+    test module by its bare name (``--import-mode=prepend``), and those names must be unique."""
     regular = [f for f in SOURCE_FOLDERS if (ROOT / f / "__init__.py").exists()]
     regular += [str(p.parent.relative_to(ROOT)) for f in SOURCE_FOLDERS
                 for p in (ROOT / f).glob("*/__init__.py") if f != "engine"]
+    regular += [str(f.relative_to(ROOT)) for f in _and_below(TESTS) if (f / "__init__.py").exists()]
     assert not regular, f"these folders would be regular packages on sys.path: {regular}"
+    names = {}
+    for f in _and_below(TESTS):
+        for p in f.glob("*.py"):
+            names.setdefault(p.stem, []).append(str(p.relative_to(ROOT)))
+    same = {k: v for k, v in names.items() if len(v) > 1}
+    assert not same, f"test modules of the same name: {same}"
 
 
 @pytest.mark.parametrize("where", FIRST_ON_PATH, ids=lambda p: str(p.relative_to(ROOT)) or ".")
 def test_nothing_shadows_an_installed_distribution_or_the_standard_library(where):
     installed = _installed_import_names()
-    clashes = {name: what for name, what in _shadowing_names(where).items() if name in installed}
-    assert not clashes, (f"{where.relative_to(ROOT)}/ holds {clashes}, named like an installed "
-                         "distribution or a standard-library module; rename it")
+    folders = _and_below(where)
+    assert len(folders) > 1 or where != TESTS, "no stage folders found below tests/"
+    for folder in folders:
+        clashes = {name: what for name, what in _shadowing_names(folder).items()
+                   if name in installed}
+        assert not clashes, (f"{folder.relative_to(ROOT)}/ holds {clashes}, named like an "
+                             "installed distribution or a standard-library module; rename it")
 
 
 def test_the_shadowing_check_sees_a_clash(tmp_path):
@@ -126,12 +149,15 @@ def test_the_shadowing_check_sees_a_clash(tmp_path):
 
 
 @pytest.mark.parametrize("where", FIRST_ON_PATH, ids=lambda p: str(p.relative_to(ROOT)) or ".")
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_installed_kernels_and_transformers_resolve_from_every_start_folder(where):
     """Hugging Face's `kernels` (imported by transformers) resolves to the installed package."""
     code = ("import importlib.util, sys\n"
             "spec = importlib.util.find_spec('kernels')\n"
             "if spec is not None:\n"
-            "    import kernels; assert 'site-packages' in (kernels.__file__ or ''), kernels.__path__\n"
+            "    import kernels\n"
+            "    assert 'site-packages' in (kernels.__file__ or ''), kernels.__path__\n"
             "from transformers import EsmForMaskedLM\n"
             "import bioprune.kernels.ops, bioprune.launch.score\n"
             "print('ok')\n")
@@ -140,12 +166,16 @@ def test_installed_kernels_and_transformers_resolve_from_every_start_folder(wher
 
 
 @pytest.mark.parametrize("where", [ROOT, ROOT / "launch"])
+@pytest.mark.subprocess
 def test_standard_library_select_is_not_shadowed(where):
     p = subprocess.run([sys.executable, "-c", "import select; print(select.__file__)"],
                        cwd=where, capture_output=True, text=True, check=True)
-    assert "launch" not in p.stdout and p.stdout.strip().endswith(".so") or "lib-dynload" in p.stdout
+    assert "launch" not in p.stdout and p.stdout.strip().endswith(".so") \
+        or "lib-dynload" in p.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_plain_install_finds_ds_configs_and_commands(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -154,7 +184,8 @@ def test_plain_install_finds_ds_configs_and_commands(tmp_path):
     for cmd in ("bioprune-score", "bioprune-select", "bioprune-pretrain", "bioprune-demo"):
         assert (target / "bin" / cmd).exists(), cmd
     env = dict(os.environ, PYTHONPATH=str(target))
-    code = ("from bioprune.engine.runtime.zero3 import default_ds_config; import bioprune.launch.score;"
+    code = ("from bioprune.engine.runtime.zero3 import default_ds_config; "
+            "import bioprune.launch.score;"
             "print(default_ds_config(3))")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                        text=True, check=True)
@@ -169,6 +200,7 @@ SCRIPTS = sorted(p for d in (ROOT / "launch", ROOT / "launch" / "bench") for p i
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.subprocess
 def test_every_launcher_and_benchmark_answers_help(script):
     """Run as a user runs it (its own folder first on sys.path), from the repository root."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

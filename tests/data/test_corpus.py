@@ -140,7 +140,8 @@ def test_parquet(tmp_path):
 def test_hf_dataset(tmp_path):
     datasets = pytest.importorskip("datasets")
     d = tmp_path / "hf"
-    datasets.Dataset.from_dict({"id": IDS, "sequence": SEQS, "label": [0, 1, 0, 1]}).save_to_disk(str(d))
+    table = {"id": IDS, "sequence": SEQS, "label": [0, 1, 0, 1]}
+    datasets.Dataset.from_dict(table).save_to_disk(str(d))
     check(build([d], tmp_path, batch_rows=3))
 
 
@@ -509,6 +510,9 @@ def spawn_ranks(target, args, tmp_path, world: int = 2, timeout: int = 120) -> l
     return outs
 
 
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.subprocess
 def test_load_corpus_two_ranks(tmp_path):
     """Both ranks build (each its share); both open the same corpus; a stale cache errors on
     every rank (no rank hangs at the barrier)."""

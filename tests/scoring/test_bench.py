@@ -82,7 +82,8 @@ def test_per_model_weights_the_shapes_by_their_layer_counts():
             dict(model="m", dtype="bf16", op="wsq", O=4, I=4, layers=1, kernel_ms=1.0, gemm_ms=1.0,
                  pct_gemm=100.0)]
     (m,) = kernel_ops.per_model(rows)
-    assert m["pct_gemm"] == pytest.approx(100 * (3 * 1 + 1) / (3 * 2 + 1))  # 57.1%, not the mean 75%
+    # 57.1 %, not the mean 75 %
+    assert m["pct_gemm"] == pytest.approx(100 * (3 * 1 + 1) / (3 * 2 + 1))
     assert m["layers"] == 4 and m["worst"] == "8x4 50%"
     (t,) = kernel_ops.kernel_targets([m], on_gpu=True)
     assert t["pass"] is False and t["bound"] == targets.KERNEL_PCT_OF_GEMM_MIN
@@ -201,13 +202,16 @@ def test_tokens_count_residues_and_bos_eos_never_padding():
 def _run_scoring(tmp_path, capsys, *argv):
     out = tmp_path / "s.json"
     t = time.time()
-    rc = scoring.main(["--device", "cpu", "--configs", "rnafm:tiny", "--length", "8", "--batch", "2",
+    rc = scoring.main(["--device", "cpu", "--configs", "rnafm:tiny", "--length", "8",
+                       "--batch", "2",
                        "--rounds", "1", "--repeats", "1", "--json", str(out), *argv])
     assert rc == 0, capsys.readouterr().err
     assert time.time() - t < 60
     return json.loads(out.read_text()), capsys.readouterr().out
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_scoring_bench_bf16_torch_and_triton_side_by_side(tmp_path, capsys):
     res, printed = _run_scoring(tmp_path, capsys, "--arms", "train", "score",
                                 "--backend", "torch", "triton", "--precision", "bf16")
@@ -229,6 +233,8 @@ def test_scoring_bench_bf16_torch_and_triton_side_by_side(tmp_path, capsys):
         assert col in printed
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_scoring_bench_fisher_arm_with_the_mask_cover(tmp_path, capsys):
     res, printed = _run_scoring(tmp_path, capsys, "--arms", "train", "fisher", "--masks", "cover")
     rows = {r["arm"]: r for r in res["results"]}
@@ -254,6 +260,8 @@ def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_gpu_report_runs_both_benchmarks_and_collects_the_targets(tmp_path, capsys):
     """The orchestration of `make bench-gpu`, run on the CPU with the tiniest settings."""
     out = tmp_path / "g"
