@@ -140,7 +140,7 @@ CASES = [
     # --- pretraining
     ("indices-missing", "pretrain", ["--data", "{rna}", "--indices", "{tmp}/nope.npy", "--out", "{out}"], "nope.npy: no such index file", 2),
     ("indices-not-integers", "pretrain", ["--data", "{rna}", "--indices", "{floats}", "--out", "{out}"], "expected a 1-D integer array", 2),
-    ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "cannot read", 2),
+    ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "not a NumPy .npy file", 2),
     ("epochs-zero", "pretrain", PRETRAIN + ["--epochs", "0"], "--epochs 0: must be an integer >= 1", 2),
     ("lr-zero", "pretrain", PRETRAIN + ["--lr", "0"], "--lr 0.0: must be a finite number > 0", 2),
     ("weight-decay-negative", "pretrain", PRETRAIN + ["--weight-decay=-0.1"], "--weight-decay -0.1: must be a finite number >= 0", 2),
