@@ -568,8 +568,10 @@ def _arm_info(study) -> dict:
 
 def plot_rows(rows: list[dict], plots_dir: Path) -> list[Path]:
     """One PNG per task: each metric against retention rate (log), a line per strategy with ±1
-    SE error bars (SE = sd/√n over seeds, as in results.md); Full and the floor as horizontal
-    lines with ±1 SE bands."""
+    SE error bars (SE = sd/√n over seeds, as in results.md), strategies nudged apart on the x
+    axis so that arms at the same rate stay readable; Full as a horizontal line with its ±1 SE
+    band; the random-init floor, usually far above every trained arm, written in the panel
+    instead of drawn (drawn, it squeezed every arm into one line). Four panels per row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -577,31 +579,47 @@ def plot_rows(rows: list[dict], plots_dir: Path) -> list[Path]:
 
     values, arms, _ = index_rows(rows)
     strategies = list(dict.fromkeys(a.strategy for a in arms))
+    trained = [s for s in strategies if s not in ("full", "init")]
     paths = []
     for task in dict.fromkeys(r["task"] for r in rows):
         metrics = list(dict.fromkeys(r["metric"] for r in rows if r["task"] == task))
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.8), squeeze=False)
-        for ax, m in zip(axes[0], metrics):
+        ncol = min(4, len(metrics))
+        nrow = -(-len(metrics) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
+        for ax in axes.ravel()[len(metrics):]:
+            ax.axis("off")
+        for ax, m in zip(axes.ravel(), metrics):
             for strat in strategies:
                 pts = [(a.rate, *mean_se(values[(a.name, task, m)].values())[:2]) for a in arms
                        if a.strategy == strat and (a.name, task, m) in values]
                 if not pts:
                     continue
                 label = LABELS.get(strat, strat)
-                if strat in ("full", "init"):
-                    mean, se = pts[0][1], pts[0][2]
-                    color = "k" if strat == "full" else "grey"
-                    ax.axhline(mean, color=color, ls="-" if strat == "full" else ":", lw=1,
-                               label=label)
+                mean, se = pts[0][1], pts[0][2]
+                if strat == "init":
+                    ax.text(0.02, 0.02, f"{label}: {mean:.4g}" + (f" ± {se:.2g}" if _finite(se)
+                                                                  else ""),
+                            transform=ax.transAxes, fontsize=7, color="0.35")
+                    continue
+                if strat == "full":
+                    ax.axhline(mean, color="k", lw=1, label=label)
                     if _finite(se):
-                        ax.axhspan(mean - se, mean + se, color=color, alpha=0.08)
+                        ax.axhspan(mean - se, mean + se, color="k", alpha=0.08)
                     continue
                 pts.sort()
+                k = trained.index(strat)
+                nudge = 1.0 + 0.06 * (k - (len(trained) - 1) / 2)
                 x, y, e = zip(*pts)
+                x = [v * nudge for v in x]
                 e = [v if _finite(v) else 0 for v in e]
                 ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
             ax.set_xscale("log")
-            ax.set_xlabel("retention rate (fraction of the training corpus)")
+            rates = sorted({a.rate for a in arms if a.strategy not in ("full", "init")})
+            if rates:   # ticks at the arms' rates, as percentages
+                ax.set_xticks(rates, [f"{r * 100:g}%" for r in rates])
+                ax.minorticks_off()
+                ax.set_xlim(rates[0] / 1.35, rates[-1] * 1.35)
+            ax.set_xlabel("retention rate (share of the training corpus)")
             ax.set_ylabel(f"{m}{' (lower is better)' if lower_is_better(m) else ''}")
             ax.set_title(f"{task}: {m} (±1 SE over seeds)", fontsize=9)
             ax.grid(alpha=0.3)
