@@ -52,6 +52,8 @@ def ctx(tmp_path_factory):
     np.save(d / "idx1.npy", np.arange(0, 40, 2, dtype=np.int64))
     np.save(d / "idx2.npy", np.arange(1, 40, 2, dtype=np.int64))
     np.save(d / "floats.npy", np.linspace(0, 1, 5))
+    np.save(d / "empty.npy", np.zeros(0, np.int64))
+    c["empty"] = str(d / "empty.npy")
     for k in ("idx1", "idx2", "floats", "ds_bad"):
         c[k] = str(d / (k + (".json" if k == "ds_bad" else ".npy")))
     # a finished scoring run (synthetic scores over the 80-record corpus)
@@ -141,6 +143,8 @@ CASES = [
     ("indices-missing", "pretrain", ["--data", "{rna}", "--indices", "{tmp}/nope.npy", "--out", "{out}"], "nope.npy: no such index file", 2),
     ("indices-not-integers", "pretrain", ["--data", "{rna}", "--indices", "{floats}", "--out", "{out}"], "expected a 1-D integer array", 2),
     ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "not a NumPy .npy file", 2),
+    ("indices-empty", "pretrain", ["--data", "{rna}", "--indices", "{empty}", "--out", "{out}"], "holds no indices (an empty coreset)", 2),
+    ("save-steps-zero", "pretrain", PRETRAIN + ["--save-steps", "0"], "--save-steps 0: must be an integer >= 1", 2),
     ("epochs-zero", "pretrain", PRETRAIN + ["--epochs", "0"], "--epochs 0: must be an integer >= 1", 2),
     ("lr-zero", "pretrain", PRETRAIN + ["--lr", "0"], "--lr 0.0: must be a finite number > 0", 2),
     ("weight-decay-negative", "pretrain", PRETRAIN + ["--weight-decay=-0.1"], "--weight-decay -0.1: must be a finite number >= 0", 2),
@@ -155,6 +159,9 @@ CASES = [
     ("fraction-above-one", "select_coreset", SELECT + ["--fraction", "1.5"], "--fraction 1.5: must be a finite number > 0 and <= 1", 2),
     ("budget-zero", "select_coreset", SELECT + ["--budget", "0"], "--budget 0: must be an integer >= 1", 2),
     ("budget-above-n", "select_coreset", SELECT + ["--budget", "81"], "81", 2),
+    ("cci-fraction-one", "select_coreset", SELECT[:3] + ["cci", "--fraction", "1.0", "--out", "{out}"], "--fraction 1.0 of n = 80 scored samples is 80 samples, but cci first drops", 2),
+    ("clusters-without-use", "select_coreset", SELECT + ["--budget", "5", "--clusters", "{txt}"], "--clusters is used by --strategy cluster or --dedup", 2),
+    ("clusters-table-bad", "select_coreset", SELECT[:3] + ["cci", "--budget", "5", "--dedup", "--clusters", "{txt}", "--data", "{rna}", "--out", "{out}"], "expected representative<TAB>member", 2),
     ("hard-cutoff-one", "select_coreset", SELECT[:3] + ["cci", "--budget", "5", "--hard-cutoff", "1", "--out", "{out}"], "--hard-cutoff 1.0: must be a finite number >= 0 and < 1", 2),
     ("strata-zero", "select_coreset", SELECT[:3] + ["cci", "--budget", "5", "--strata", "0", "--out", "{out}"], "--strata 0: must be an integer >= 1", 2),
     ("select-out-is-a-file", "select_coreset", ["--scores", "{run}", "--strategy", "topk", "--budget", "5", "--out", "{file}"], "is a file, not a directory", 2),
