@@ -452,6 +452,8 @@ def _score_all(run: _Run, params, weights) -> Path:
               for c in todo]
     t = time.time()
     n_mine = sum(len(idx) for _, idx in chunks)
+    sources = [Path(p.split("::")[0]).name + (f"::{p.split('::')[1]}" if "::" in p else "")
+               for p in run.corpus.paths]
     bar = tqdm(total=n_mine, desc="score", unit="seq", disable=run.rank != 0, dynamic_ncols=True)
     with Scorer(run.bundle, params, weights, seed=s.seed, max_residues=run.max_res,
                 device=device, masks=mask_plan(s), groups=groups, **_kernel_options(s)) as scorer:
@@ -459,11 +461,19 @@ def _score_all(run: _Run, params, weights) -> Path:
                                                  lockstep=run.partitioned):
             # the chunk's score mass per parameter group, before its part (resume keys on parts)
             write_json(mass_dir / f"mass-{c:06d}.json", mass)
-            scores_io.write_part(scores_dir, c, **cols)
+            index = np.asarray(cols["index"], dtype=np.int64)
+            scores_io.write_part(scores_dir, c, **cols, **_join_columns(run, index, sources))
     bar.close()
     run.score_seconds, run.scored_here = _slowest_and_total(time.time() - t, n_mine, device)
     _peak(run, "score")
     return scores_dir
+
+
+def _join_columns(run: _Run, index: np.ndarray, sources: list[str]) -> dict:
+    """The score part's columns for users' joins: record id, membership of D_sub, input file."""
+    return {"ids": [run.corpus.record_id(int(i)) for i in index],
+            "in_subset": np.isin(index, run.subset),
+            "source": run.corpus.file_of(index), "source_names": sources}
 
 
 def _slowest_and_total(seconds: float, count: int, device) -> tuple[float, int]:

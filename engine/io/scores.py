@@ -2,6 +2,9 @@
 
 ```
 <run>/scores/part-XXXXXX.parquet   columns: index int64, score float64, length int32, loss float32
+                                   and, for joins by the user: id string (the record id),
+                                   in_subset bool (in D_sub), source dictionary<string> (the
+                                   input file's name)
 <run>/scores/_SUCCESS              written last; holds the number of rows
 ```
 
@@ -24,7 +27,8 @@ from bioprune.engine.io.atomic import atomic_path, write_text
 from bioprune.engine.runtime.errors import UsageError
 
 SUCCESS = "_SUCCESS"
-COLUMNS = ("index", "score", "length", "loss")
+COLUMNS = ("index", "score", "length", "loss")      # what every part holds, and the engine reads
+EXTRA = ("id", "in_subset", "source")                # for users' joins (pandas, datasets, seqkit)
 DTYPES = {
     "index": np.dtype(np.int64),
     "score": np.dtype(np.float64),
@@ -58,10 +62,14 @@ def _schema():
     ])
 
 
-def write_part(scores_dir, chunk_id: int, index, score, length, loss) -> Path:
+def write_part(scores_dir, chunk_id: int, index, score, length, loss, *, ids=None,
+               in_subset=None, source=None, source_names=None) -> Path:
     """Write one part atomically (temporary name, then rename); columns cast to the exact dtypes.
 
     Arrays may be NumPy arrays, sequences or (CPU or CUDA) torch tensors. Empty parts are allowed.
+    ``ids`` (record ids), ``in_subset`` (bools) and ``source`` (positions in ``source_names``,
+    stored dictionary-encoded: one copy of each file name per part) add the :data:`EXTRA`
+    columns.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -80,6 +88,13 @@ def write_part(scores_dir, chunk_id: int, index, score, length, loss) -> Path:
         lengths = {k: len(v) for k, v in cols.items()}
         raise ValueError(f"columns have different lengths: {lengths}")
     table = pa.table({k: pa.array(v) for k, v in cols.items()}, schema=_schema())
+    if ids is not None:
+        table = table.append_column("id", pa.array(list(ids), type=pa.string()))
+    if in_subset is not None:
+        table = table.append_column("in_subset", pa.array(np.asarray(in_subset, dtype=bool)))
+    if source is not None:
+        table = table.append_column("source", pa.DictionaryArray.from_arrays(
+            pa.array(np.asarray(source, dtype=np.int32)), pa.array(list(source_names))))
     path = part_path(scores_dir, chunk_id)
     with atomic_path(path) as tmp:
         # Scores and losses are incompressible floats: plain encoding, no compression; the
@@ -135,8 +150,8 @@ def part_problem(path, first: int, stop: int) -> str | None:
     except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError: all mean "damaged"
         return f"unreadable ({type(e).__name__}: {str(e)[:120]})"
     names = list(meta.schema.names)
-    if names != list(COLUMNS):
-        return f"columns {names}, expected {list(COLUMNS)}"
+    if names[:len(COLUMNS)] != list(COLUMNS) or not set(names) <= set(COLUMNS + EXTRA):
+        return f"columns {names}, expected {list(COLUMNS)} (+ {list(EXTRA)})"
     if meta.num_rows != stop - first:
         return f"{meta.num_rows} rows, expected {stop - first}"
     col = names.index("index")

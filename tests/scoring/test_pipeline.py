@@ -61,6 +61,17 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert m["masks"]["estimator"] == "mean"
     subset = np.load(out / "subset.npy")
     assert subset.dtype == np.int64 and len(np.unique(subset)) == 32
+    # the parts carry the record id, D_sub membership and the input file, for users' joins
+    import pyarrow.parquet as pq
+
+    from bioprune.engine.data.corpus import Corpus
+
+    t = pq.read_table(sorted((out / "scores").glob("part-*.parquet"))).to_pandas()
+    corpus = Corpus.open(m["corpus"]["cache_dir"])
+    assert t["id"].tolist() == [corpus.record_id(i) for i in t["index"]]
+    assert t["in_subset"].sum() == 32 and set(t.loc[t["in_subset"], "index"]) == set(subset)
+    names = [Path(p).name for p in corpus_files]
+    assert [names.index(s) for s in t["source"]] == corpus.file_of(t["index"].to_numpy()).tolist()
     s = read_scores(out / "scores")
     np.testing.assert_array_equal(s["index"], np.arange(n))   # each index exactly once
     assert s["score"].dtype == np.float64 and s["length"].dtype == np.int32
