@@ -29,9 +29,12 @@ def parse_args(argv=None):
     add_model_args(p)
     add_run_args(p)
     what = p.add_argument_group("training set").add_mutually_exclusive_group(required=True)
-    what.add_argument("--indices", metavar="NPY",
-                      help="corpus indices to train on: a coreset.npy, subset.npy "
-                           "or any int64 .npy")
+    what.add_argument("--indices", metavar="FILE",
+                      help="what to train on: corpus indices (a coreset.npy, subset.npy or any "
+                           "int64 .npy), or record ids, one per line (a text file; the first "
+                           "tab-separated column is read, '#' lines skipped; from a selection: "
+                           "cut -f2 coreset.tsv | tail -n +2 > ids.txt). Ids survive a corpus "
+                           "that was reordered or re-exported; indices do not")
     what.add_argument("--all", action="store_true", help="train on the whole corpus")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10, help="passes over the training set")

@@ -49,17 +49,19 @@ def fingerprint(path) -> dict:
 
 
 def load_indices(path):
-    """The ``--indices`` file as a 1-D integer array, or a UsageError naming the problem."""
+    """The ``--indices`` file: a 1-D integer array of corpus indices (a ``.npy``), or a list of
+    record ids (a text file, one id per line; ``#`` lines and blank lines skipped), returned as a
+    list of str to be mapped onto a corpus (:func:`ids_to_indices`). A UsageError names any other
+    problem."""
     import numpy as np
 
     try:
         with open(path, "rb") as f:
-            magic = f.read(6)
+            head = f.read(1 << 16)
     except OSError as e:
         fail(f"--indices {path}: cannot read ({e}); pass an int64 .npy such as a coreset.npy")
-    if magic != b"\x93NUMPY":   # np.load would call any other file "pickled data"
-        fail(f"--indices {path}: not a NumPy .npy file; pass a coreset.npy, or save a list of "
-             "corpus indices with numpy.save(path, numpy.array(indices, dtype='int64'))")
+    if not head.startswith(b"\x93NUMPY"):
+        return _read_id_list(path, head)
     try:
         idx = np.load(path)
     except (OSError, ValueError) as e:
@@ -71,14 +73,55 @@ def load_indices(path):
     return idx
 
 
+def _read_id_list(path, head: bytes) -> list[str]:
+    if b"\0" in head:
+        fail(f"--indices {path}: neither a NumPy .npy file nor a text list of record ids; pass a "
+             "coreset.npy, or one record id per line (coreset.tsv's id column)")
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"--indices {path}: not a .npy file and not UTF-8 text of record ids ({e})")
+    ids = [ln.split("\t")[0].strip() for ln in text.splitlines()]
+    ids = [i for i in ids if i and not i.startswith("#")]
+    if not ids:
+        fail(f"--indices {path}: holds no record ids (an empty coreset); nothing to train on")
+    return ids
+
+
+def ids_to_indices(ids: list[str], corpus, path):
+    """Corpus indices of record ``ids`` (ids must be unique in the corpus and all present)."""
+    import numpy as np
+
+    where: dict[str, int] = {}
+    repeated = None
+    for i in range(len(corpus)):
+        rid = corpus.record_id(i)
+        if rid in where:
+            repeated = repeated or rid
+        where[rid] = i
+    wanted = set(ids)
+    if repeated is not None and repeated in wanted:
+        fail(f"--indices {path}: the corpus repeats the record id {repeated!r}, so an id list "
+             "cannot name one record; pass corpus indices (coreset.npy) instead")
+    missing = [i for i in ids if i not in where]
+    if missing:
+        fail(f"--indices {path}: {len(missing):,} record ids are not in --data (first: "
+             f"{missing[:3]}); was the list made from the same corpus?")
+    return np.asarray([where[i] for i in ids], dtype=np.int64)
+
+
 def indices_digest(path) -> dict:
-    """{"path", "count", "sha256"} of an index file, order-independent (sorted int64)."""
+    """{"path", "count", "sha256"} of an index file, order-independent (sorted int64, or sorted
+    ids for an id list)."""
     import numpy as np
 
     idx = load_indices(path)
-    canon = np.sort(idx.astype("<i8"))
+    if isinstance(idx, list):
+        canon = "\n".join(sorted(idx)).encode()
+    else:
+        canon = np.sort(idx.astype("<i8")).tobytes()
     return {"path": str(path), "count": int(len(idx)),
-            "sha256": hashlib.sha256(canon.tobytes()).hexdigest()}
+            "sha256": hashlib.sha256(canon).hexdigest()}
 
 
 def identity(settings, keys, *, data=True, checkpoint=True, extra: dict | None = None) -> dict:

@@ -53,9 +53,14 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
     A coreset written by select_coreset.py carries the content digest of the scored corpus in
     the ``selection.json`` beside it: with ``corpus`` given it must match (the same records in
     another order would pass every other check and train on the wrong sequences)."""
-    from bioprune.engine.io.run_identity import load_indices
+    from bioprune.engine.io.run_identity import ids_to_indices, load_indices
 
     idx = load_indices(path)
+    by_id = isinstance(idx, list)
+    if by_id:   # record ids, e.g. coreset.tsv's id column: positions in this corpus, whatever order
+        if corpus is None:
+            fail(f"--indices {path}: a list of record ids needs the corpus to map them")
+        idx = ids_to_indices(idx, corpus, path)
     bad = idx[(idx < 0) | (idx >= n)]
     if len(bad):
         fail(f"--indices {path}: {len(bad)} indices outside the corpus of {n} "
@@ -63,7 +68,7 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
     if len(np.unique(idx)) != len(idx):
         fail(f"--indices {path}: repeated corpus indices")
     sel = Path(path).absolute().parent / "selection.json"
-    if corpus is not None and sel.is_file():
+    if corpus is not None and sel.is_file() and not by_id:
         try:
             want = json.loads(sel.read_text()).get("corpus_digest")
         except (OSError, ValueError):

@@ -142,7 +142,7 @@ CASES = [
     # --- pretraining
     ("indices-missing", "pretrain", ["--data", "{rna}", "--indices", "{tmp}/nope.npy", "--out", "{out}"], "nope.npy: no such index file", 2),
     ("indices-not-integers", "pretrain", ["--data", "{rna}", "--indices", "{floats}", "--out", "{out}"], "expected a 1-D integer array", 2),
-    ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "not a NumPy .npy file", 2),
+    ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "1 record ids are not in --data (first: ['ACGU'])", 2),
     ("indices-empty", "pretrain", ["--data", "{rna}", "--indices", "{empty}", "--out", "{out}"], "holds no indices (an empty coreset)", 2),
     ("save-steps-zero", "pretrain", PRETRAIN + ["--save-steps", "0"], "--save-steps 0: must be an integer >= 1", 2),
     ("epochs-zero", "pretrain", PRETRAIN + ["--epochs", "0"], "--epochs 0: must be an integer >= 1", 2),

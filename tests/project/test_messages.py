@@ -14,12 +14,26 @@ from bioprune.engine.selection.pipeline import fraction_budget
 from bioprune.engine.selection.rules import SelectionError
 
 
-def test_a_text_file_given_as_indices_is_named_as_such(tmp_path):
-    p = tmp_path / "ids.npy"
-    p.write_text("3\n5\n8\n")
-    with pytest.raises(UsageError, match="not a NumPy .npy file") as e:
-        load_indices(p)
-    assert "pickle" not in str(e.value) and "numpy.save" in str(e.value)
+def test_indices_as_record_ids_or_a_clear_error(tmp_path):
+    """--indices takes a .npy of corpus indices or a text list of record ids (the first
+    tab-separated column); any other file is named as neither, never as "pickled data"."""
+    from bioprune.engine.io.run_identity import ids_to_indices
+
+    p = tmp_path / "ids.txt"
+    p.write_text("# my coreset\nx3\tmore columns\n\nx1\n")
+    ids = load_indices(p)
+    assert ids == ["x3", "x1"]
+    fa = tmp_path / "c.fasta"
+    fa.write_text(">x0\nACGU\n>x1\nGGA\n>x2\nCCA\n>x3\nAAU\n")
+    corpus = load_corpus([fa], "rna", tmp_path / "cache")
+    assert ids_to_indices(ids, corpus, p).tolist() == [3, 1]
+    with pytest.raises(UsageError, match=r"1 record ids are not in --data \(first: \['x9'\]\)"):
+        ids_to_indices(["x1", "x9"], corpus, p)
+    binary = tmp_path / "ids.npy"
+    binary.write_bytes(b"\x00\x01\x02garbage")
+    with pytest.raises(UsageError, match="neither a NumPy .npy file nor a text list") as e:
+        load_indices(binary)
+    assert "pickle" not in str(e.value)
 
 
 def test_an_empty_indices_file_says_it_is_empty(tmp_path):

@@ -169,3 +169,24 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_like_an_unbroken_run(tmp_path
     assert np.allclose([r[2] for r in rows_a], [r[2] for r in rows_b], rtol=0, atol=1e-6)
     wa, wb = _final_state(unbroken), _final_state(stopped)
     assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa)
+
+
+def test_indices_as_record_ids_train_the_same_model(tmp_path):
+    """--indices with a text list of record ids (e.g. coreset.tsv's id column) trains exactly
+    what the same records given as corpus indices train."""
+    from bioprune.engine.data.corpus import load_corpus
+
+    files = small_corpus(tmp_path, n_fasta=20, n_csv=20)
+    corpus = load_corpus(files, "rna", tmp_path / "cache")
+    idx = np.arange(3, 40, 3, dtype=np.int64)
+    np.save(tmp_path / "core.npy", idx)
+    (tmp_path / "core.txt").write_text("".join(f"{corpus.record_id(int(i))}\n" for i in idx[::-1]))
+    common = ["--data", *files, "--model", "rnafm", "--model-size", "tiny", "--max-length", "64",
+              "--heldout-size", "0", "--warmup", "2", "--micro-batch-size", "4", "--seed", "3",
+              "--steps", "4"]
+    run("pretrain.py", [*common, "--indices", str(tmp_path / "core.npy"), "--out",
+                        str(tmp_path / "by_index")])
+    run("pretrain.py", [*common, "--indices", str(tmp_path / "core.txt"), "--out",
+                        str(tmp_path / "by_id")])
+    wa, wb = _final_state(tmp_path / "by_index"), _final_state(tmp_path / "by_id")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
