@@ -87,9 +87,9 @@ def test_repeated_inputs_and_ids_are_warned_with_counts(tmp_path, capsys):
 def test_scoring_summary_warns_when_one_thing_drives_the_ranking():
     from bioprune.engine.influence.diagnostics import summary_lines
 
-    calm = summary_lines({"feed_forward": 0.4, "attention_v": 0.3, "lm_head": 0.3}, 0.1)
+    calm = summary_lines({"feed_forward": 0.5, "attention_v": 0.3, "lm_head": 0.2}, 0.1)
     assert not any(line.startswith("warning") for line in calm)
-    assert calm[0].startswith("score mass by parameter group: feed_forward 40%")
+    assert calm[0].startswith("score mass by parameter group: feed_forward 50%")
     loud = summary_lines({"positional_embeddings": 0.8, "feed_forward": 0.2}, -0.72)
     warnings = [line for line in loud if line.startswith("warning")]
     assert len(warnings) == 2
