@@ -195,6 +195,12 @@ def test_sigterm_to_the_launcher_stops_every_rank_then_resume(one_rank, corpus_f
     a, b = read_scores(one_rank / "scores"), read_scores(scores)
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_allclose(b["score"], a["score"], rtol=1e-5)
+    # and bit for bit what an uninterrupted 2-rank run gives
+    unbroken = tmp_path / "unbroken"
+    run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(unbroken)], ranks=2)
+    c = read_scores(unbroken / "scores")
+    for k in c:
+        np.testing.assert_array_equal(b[k], c[k])
 
 
 def test_resume_over_a_damaged_part_rescores_it(one_rank, corpus_files, tmp_path):
