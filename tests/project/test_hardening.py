@@ -142,7 +142,7 @@ CASES = [
     # --- pretraining
     ("indices-missing", "pretrain", ["--data", "{rna}", "--indices", "{tmp}/nope.npy", "--out", "{out}"], "nope.npy: no such index file", 2),
     ("indices-not-integers", "pretrain", ["--data", "{rna}", "--indices", "{floats}", "--out", "{out}"], "expected a 1-D integer array", 2),
-    ("indices-not-npy", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "1 record ids are not in --data (first: ['ACGU'])", 2),
+    ("indices-unknown-ids", "pretrain", ["--data", "{rna}", "--indices", "{txt}", "--out", "{out}"], "1 record ids are not in --data (first: ['ACGU'])", 2),
     ("indices-empty", "pretrain", ["--data", "{rna}", "--indices", "{empty}", "--out", "{out}"], "holds no indices (an empty coreset)", 2),
     ("save-steps-zero", "pretrain", PRETRAIN + ["--save-steps", "0"], "--save-steps 0: must be an integer >= 1", 2),
     ("epochs-zero", "pretrain", PRETRAIN + ["--epochs", "0"], "--epochs 0: must be an integer >= 1", 2),
@@ -185,7 +185,9 @@ def test_bad_input_gets_one_clear_line(case, ctx, tmp_path, capsys, monkeypatch)
         assert not out.exists()          # a failed selection leaves no directory behind
 
 
-FOUND_IN_INPUTS = {"bad-records-listed-together"}
+# found while reading the inputs, after the run directory was opened: bad records, and record ids
+# (a text --indices) that the corpus does not hold
+FOUND_IN_INPUTS = {"bad-records-listed-together", "indices-unknown-ids"}
 
 
 def test_backend_triton_without_cuda(ctx, tmp_path, capsys, monkeypatch):
