@@ -15,9 +15,14 @@ its MLM losses under K masks, mask k a pure function of (mask seed, corpus index
 - ``draws=K``: K independent random masks as above (mask 0 is the single mask of K = 1, which is
   also the mask training draws for that seed);
 - ``covers=C``: C covers; a cover is a random partition of the residue positions into
-  ``COVER_PARTS`` = round(1/0.15) = 7 disjoint masks (the position of hash rank r goes to part
-  r mod 7) whose union is every position, so each residue is predicted exactly once per cover.
-  Sequences shorter than 7 residues repeat positions (part j = the position of rank j mod L).
+  P = round(1/rate) disjoint masks (``COVER_PARTS`` = 7 at the MLM rate 0.15; the position of
+  hash rank r goes to part r mod P) whose union is every position, so each residue is predicted
+  exactly once per cover. Sequences shorter than P residues repeat positions (part j = the
+  position of rank j mod L). ``parts`` < P keeps the first parts only (disjoint masks);
+  ``strided`` partitions by position instead of hash rank (residue i in part i mod P).
+
+``mask_only`` replaces every chosen residue by the mask token instead of 80/10/10: the kept and
+random residues are a second source of mask noise (README "Which score estimator").
 
 ``make_batch`` lays the K masked copies of sample b out as rows b·K … b·K + K − 1 of one batch:
 each copy attends only to itself (as a separate sample), and the per-sample-gradient collector
@@ -61,6 +66,15 @@ class MaskPlan:
     # how a score is estimated from the K copies' gradients: "mean" squares their mean;
     # "cross" is the unbiased cross-term over pairs of copies (grad_sample.collector)
     estimator: str = "mean"
+    # masks taken from each cover (None: all of them). Fewer parts are disjoint masks
+    # (stratified: no residue is drawn twice), e.g. 2 = an antithetic pair
+    parts: int | None = None
+    # every chosen residue becomes the mask token (no 10 % random / 10 % kept): less noise per
+    # mask, a slightly different loss than training's 80/10/10
+    mask_only: bool = False
+    # covers by position (part j = residues j, j+P, j+2P, …) instead of by hash rank: no mask
+    # noise at all (the same masks for every seed), neighbours never masked together
+    strided: bool = False
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -73,19 +87,32 @@ class MaskPlan:
             raise ValueError("give random mask draws or mask covers, not both")
         if self.unmasked and (self.covers or self.draws != 1):
             raise ValueError("the unmasked loss takes no mask draws or covers")
-        if not 0 < self.rate < 1 or (self.rate != MASK_FRACTION and (self.covers or self.unmasked)):
-            raise ValueError(f"mask rate {self.rate}: in (0, 1), and for random draws only")
+        if not 0 < self.rate < 1 or (self.rate != MASK_FRACTION and self.unmasked):
+            raise ValueError(f"mask rate {self.rate}: in (0, 1), and not for the unmasked loss")
+        if self.strided and not self.covers:
+            raise ValueError("strided masks are covers: give covers")
+        if self.parts is not None and not (self.covers and 1 <= self.parts <= self.cover_parts):
+            raise ValueError(f"cover parts {self.parts}: 1..{self.cover_parts}, with covers only")
+
+    @property
+    def cover_parts(self) -> int:
+        """Masks in one whole cover, P = round(1/rate): 7 at the MLM rate, 2 at 50 % (a mask and
+        its complement)."""
+        return COVER_PARTS if self.rate == MASK_FRACTION else max(2, int(round(1 / self.rate)))
 
     @property
     def copies(self) -> int:
         """Masked copies of each sample, K: the cost of a pass relative to one mask."""
-        return self.covers * COVER_PARTS if self.covers else self.draws
+        return self.covers * (self.parts or self.cover_parts) if self.covers else self.draws
 
     def describe(self) -> dict:
         kind = "unmasked" if self.unmasked else "cover" if self.covers else "random"
         return {"kind": kind, "draws": 0 if self.covers else self.draws,
                 "covers": self.covers, "copies": self.copies, "seed": self.seed,
-                "estimator": self.estimator, "rate": self.rate}
+                "estimator": self.estimator, "rate": self.rate,
+                **({"parts": self.parts} if self.parts else {}),
+                **({"mask_only": True} if self.mask_only else {}),
+                **({"strided": True} if self.strided else {})}
 
 
 @dataclass
@@ -116,9 +143,15 @@ def n_masked(length: int, rate: float = MASK_FRACTION) -> int:
 
 
 def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k: int,
-             bundle: "ModelBundle"):
-    """(inputs, labels) with positions ``chosen`` masked 80/10/10 (keys of mask k)."""
+             bundle: "ModelBundle", mask_only: bool = False):
+    """(inputs, labels) with positions ``chosen`` masked 80/10/10 (keys of mask k), or all
+    replaced by the mask token (``mask_only``)."""
     L = token_ids.shape[0]
+    if mask_only:
+        inputs, labels = token_ids.copy(), np.full(L, IGNORE, dtype=np.int64)
+        labels[chosen] = token_ids[chosen]
+        inputs[chosen] = bundle.mask_id
+        return inputs, labels
     at = chosen.astype(np.int64) + k * _MASK_STRIDE
     kind = hashing.uniform(hashing.hash_keys2(seed, index, at, hashing.MASK_KIND))
     pick = hashing.hash_keys2(seed, index, at, hashing.MASK_RESIDUE)
@@ -133,26 +166,31 @@ def _corrupt(seed: int, index: int, token_ids: np.ndarray, chosen: np.ndarray, k
 
 
 def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", k: int = 0,
-                  rate: float = MASK_FRACTION):
+                  rate: float = MASK_FRACTION, mask_only: bool = False):
     """Return (inputs, labels) of random mask ``k`` of one sequence of residue tokens (no
     BOS/EOS)."""
     L = token_ids.shape[0]
     keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + k * _MASK_STRIDE,
                               hashing.MASK)
     chosen = np.argsort(keys, kind="stable")[:n_masked(L, rate)]
-    return _corrupt(seed, index, token_ids, chosen, k, bundle)
+    return _corrupt(seed, index, token_ids, chosen, k, bundle, mask_only)
 
 
-def cover_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", cover: int):
-    """The ``COVER_PARTS`` masks of cover ``cover``: [(inputs, labels)], masks k = cover·P + j."""
-    L, P = token_ids.shape[0], COVER_PARTS
+def cover_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", cover: int,
+                parts: int | None = None, P: int = COVER_PARTS, mask_only: bool = False,
+                strided: bool = False):
+    """The first ``parts`` (default all) of the P masks of cover ``cover``: [(inputs, labels)],
+    masks k = cover·P + j."""
+    L = token_ids.shape[0]
     keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + cover * _MASK_STRIDE,
                               hashing.MASK_COVER)
-    rank_order = np.argsort(keys, kind="stable")      # positions by hash rank
+    # positions by hash rank (strided: in order, so part j = residues ≡ j mod P)
+    rank_order = np.arange(L) if strided else np.argsort(keys, kind="stable")
     out = []
-    for j in range(P):
+    for j in range(parts or P):
         chosen = rank_order[j::P] if L >= P else rank_order[[j % L]]
-        out.append(_corrupt(seed, index, token_ids, np.sort(chosen), cover * P + j, bundle))
+        out.append(_corrupt(seed, index, token_ids, np.sort(chosen), cover * P + j, bundle,
+                            mask_only))
     return out
 
 
@@ -163,8 +201,10 @@ def sample_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBun
         return [(token_ids.copy(), token_ids.astype(np.int64))]
     if plan.covers:
         return [m for c in range(plan.covers)
-                for m in cover_masks(seed, index, token_ids, bundle, c)]
-    return [mask_sequence(seed, index, token_ids, bundle, k, plan.rate) for k in range(plan.draws)]
+                for m in cover_masks(seed, index, token_ids, bundle, c, plan.parts,
+                                     plan.cover_parts, plan.mask_only, plan.strided)]
+    return [mask_sequence(seed, index, token_ids, bundle, k, plan.rate, plan.mask_only)
+            for k in range(plan.draws)]
 
 
 def tokenize_residues(residues: np.ndarray, bundle: "ModelBundle") -> np.ndarray:

@@ -69,12 +69,14 @@ def check_params_match(model: str, size: str, pattern: str) -> None:
              f"look like {', '.join(names[:3])}, ...); fix the pattern")
 
 
-def begin_scoring(s, keys) -> Path | None:
+def begin_scoring(s, keys, masks: dict | None = None) -> Path | None:
     """Check everything; return the scores directory when ``s.out`` already holds this finished
-    run (reported, nothing to do), else open the run directory (lock + identity) and None."""
+    run (reported, nothing to do), else open the run directory (lock + identity) and None.
+    ``masks``: the resolved mask plan, part of the identity so that a default that changes
+    between versions never lets a run resume with scores of another estimator."""
     v.checked_together(check_score_settings, s)
     out = Path(s.out).expanduser().absolute()
-    config = run_identity.identity(s, keys)
+    config = run_identity.identity(s, keys, extra={"masks": masks} if masks else None)
     if not s.overwrite and run_identity.finished(out, config, "scores/_SUCCESS"):
         if distributed.is_main():
             print(f"already finished: {out / 'scores'} holds the scores of this run; nothing to "

@@ -31,11 +31,36 @@ import numpy as np
 ESTIMATORS = {"K1": dict(draws=1), "K2": dict(draws=2), "K2x": dict(draws=2, estimator="cross"),
               "K4x": dict(draws=4, estimator="cross"), "C1": dict(covers=1),
               "C1x": dict(covers=1, estimator="cross"), "U": dict(unmasked=True),
-              "K1r30": dict(draws=1, rate=0.3), "K2r30": dict(draws=2, rate=0.3)}
+              "K1r30": dict(draws=1, rate=0.3), "K2r30": dict(draws=2, rate=0.3),
+              # an antithetic pair: two disjoint masks (parts of one cover), never the same residue
+              "P2": dict(covers=1, parts=2), "P3": dict(covers=1, parts=3),
+              # whole covers at higher rates: every residue predicted once in fewer passes
+              "A2": dict(covers=1, rate=0.5), "C1r33": dict(covers=1, rate=1 / 3),
+              # every chosen residue masked (no 80/10/10 corruption noise)
+              "K1m": dict(draws=1, mask_only=True), "P2m": dict(covers=1, parts=2, mask_only=True),
+              "C1m": dict(covers=1, mask_only=True),
+              "A2m": dict(covers=1, rate=0.5, mask_only=True),
+              "C1r33m": dict(covers=1, rate=1 / 3, mask_only=True),
+              "C1r25m": dict(covers=1, rate=0.25, mask_only=True),
+              # strided covers (residue i in part i mod P): the same masks for every seed
+              "S2m": dict(covers=1, rate=0.5, mask_only=True, strided=True),
+              "S3m": dict(covers=1, rate=1 / 3, mask_only=True, strided=True),
+              "S4m": dict(covers=1, rate=0.25, mask_only=True, strided=True),
+              "S7m": dict(covers=1, mask_only=True, strided=True),
+              "C1r25": dict(covers=1, rate=0.25)}
+# the Fisher's masks apart from the scores' ("S/F": score with S, Fisher over D_sub with F). The
+# Fisher pass covers D_sub only, so many masks there cost |D_sub|/N of a pass per sequence;
+# "/Fref" reuses the headline reference's own weights (isolates the scores' mask noise)
+FISHER = {"C1": dict(covers=1), "C2": dict(covers=2)}
+for _s in ("K1", "K2", "P2", "P3", "K2r30"):
+    for _f in FISHER:
+        ESTIMATORS[f"{_s}/F{_f}"] = dict(ESTIMATORS[_s], fisher=FISHER[_f])
+for _s in ("K1", "P2", "C1"):
+    ESTIMATORS[f"{_s}/Fref"] = dict(ESTIMATORS[_s], fisher="ref")
 # many-mask references: the mean over 28 copies (what the old default converges to: ‖E g‖² plus
 # the single-mask noise / 28) and the cross-term over the same 28 copies (unbiased for ‖E g‖²)
 REFERENCES = {"C4": dict(covers=4), "C4x": dict(covers=4, estimator="cross"), "C2": dict(covers=2),
-              "C2x": dict(covers=2, estimator="cross")}
+              "C2x": dict(covers=2, estimator="cross"), "C4m": dict(covers=4, mask_only=True)}
 
 
 def parse_args(argv=None):
@@ -64,15 +89,26 @@ def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
-def score_once(bundle, corpus, params, subset, plan, micro_batch: int) -> tuple[np.ndarray, float]:
-    """(scores of every sequence, scoring seconds per sequence) with the production passes."""
+def fisher_weights(bundle, corpus, params, subset, plan, micro_batch: int):
+    """The influence weights 1/(F+λ) (default damping) from the Fisher over ``subset``."""
     from bioprune.engine.influence import damping as dmp
-    from bioprune.engine.influence.passes import Scorer, fisher_pass
+    from bioprune.engine.influence.passes import fisher_pass
+
+    fisher = fisher_pass(bundle, corpus, subset, params, seed=0, max_residues=10**6,
+                         micro_batch_size=max(1, micro_batch // plan.copies), device="cpu",
+                         masks=plan)
+    return dmp.influence_weights(fisher, dmp.Damping(), "cpu")
+
+
+def score_once(bundle, corpus, params, subset, plan, micro_batch: int,
+               weights=None) -> tuple[np.ndarray, float]:
+    """(scores of every sequence, scoring seconds per sequence) with the production passes;
+    ``weights``: the influence weights (default: the Fisher with ``plan``'s own masks)."""
+    from bioprune.engine.influence.passes import Scorer
 
     per_batch = max(1, micro_batch // plan.copies)
-    fisher = fisher_pass(bundle, corpus, subset, params, seed=0, max_residues=10**6,
-                         micro_batch_size=per_batch, device="cpu", masks=plan)
-    weights = dmp.influence_weights(fisher, dmp.Damping(), "cpu")
+    if weights is None:
+        weights = fisher_weights(bundle, corpus, params, subset, plan, micro_batch)
     t = time.time()
     with Scorer(bundle, params, weights, seed=0, max_residues=10**6, device="cpu",
                 masks=plan) as scorer:
@@ -129,10 +165,13 @@ def run(args) -> dict:
     subset = draw_subset(N, max(1, int(args.subset_fraction * N)), 0)
     log(f"N={N}, median length {int(np.median(L))}, D_sub {len(subset)}")
 
-    refs, ref_info = {}, {}
+    refs, ref_info, ref_weights = {}, {}, None
     for rname in args.references:
         ref_plan = MaskPlan(seed=99, **REFERENCES[rname])
-        refs[rname], ref_s = score_once(bundle, corpus, params, subset, ref_plan, args.micro_batch)
+        w = fisher_weights(bundle, corpus, params, subset, ref_plan, args.micro_batch)
+        ref_weights = w if ref_weights is None else ref_weights
+        refs[rname], ref_s = score_once(bundle, corpus, params, subset, ref_plan, args.micro_batch,
+                                        w)
         ref_info[rname] = {"copies": ref_plan.copies, "ms_per_seq": 1e3 * ref_s,
                            "spearman_length": spearman(refs[rname], L)}
         log(f"reference {rname} ({ref_plan.copies} copies): {ref_s * 1e3:.1f} ms/seq")
@@ -143,15 +182,22 @@ def run(args) -> dict:
     rows = {}
     for name in args.estimators:
         scores, secs = [], []
+        spec = dict(ESTIMATORS[name])
+        fisher = spec.pop("fisher", None)
         for mseed in (1, 2):
-            plan = MaskPlan(seed=mseed, **ESTIMATORS[name])
-            s, t = score_once(bundle, corpus, params, subset, plan, args.micro_batch)
+            plan = MaskPlan(seed=mseed, **spec)
+            w = (ref_weights if fisher == "ref" else None if fisher is None else
+                 fisher_weights(bundle, corpus, params, subset, MaskPlan(seed=mseed, **fisher),
+                                args.micro_batch))
+            s, t = score_once(bundle, corpus, params, subset, plan, args.micro_batch, w)
             scores.append(s)
             secs.append(t)
         a, b = scores
         rows[name] = {
-            "copies": MaskPlan(**ESTIMATORS[name]).copies,
-            "estimator": ESTIMATORS[name].get("estimator", "mean"),
+            "copies": MaskPlan(**spec).copies,
+            "fisher_copies": ("ref" if fisher == "ref" else
+                              MaskPlan(**(fisher or spec)).copies),
+            "estimator": spec.get("estimator", "mean"),
             **{f"spearman_vs_{r}": float(np.mean([spearman(s, v) for s in scores]))
                for r, v in refs.items()},
             "spearman_seeds": spearman(a, b),
@@ -178,13 +224,13 @@ def table(res: dict) -> str:
              + (f", ρ between them {res['references']['spearman_between_references']:.3f}"
                 if "spearman_between_references" in res["references"] else "")
              + f"; training step {res['train_step_ms_per_seq']:.1f} ms/seq", "",
-             "| estimator | copies | " + " | ".join(f"ρ vs {k}" for k in refs)
+             "| estimator | copies | Fisher copies | " + " | ".join(f"ρ vs {k}" for k in refs)
              + " | ρ across mask seeds | Top-I 10% overlap | CCI 10% overlap | ρ(score, length) | "
              "negative | score ms/seq | × K1 | × train step |",
-             "|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|---|---|"]
+             "|---|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|---|---|"]
     for name, r in res["estimators"].items():
         vs = " | ".join(f"{r[f'spearman_vs_{k}']:.3f}" for k in refs)
-        lines.append(f"| {name} ({r['estimator']}) | {r['copies']} | {vs} | "
+        lines.append(f"| {name} ({r['estimator']}) | {r['copies']} | {r['fisher_copies']} | {vs} | "
                      f"{r['spearman_seeds']:.3f} | {r['topk10_overlap']:.2f} | "
                      f"{r['cci10_overlap']:.2f} | {r['spearman_length']:+.2f} | "
                      f"{r['negative_share']:.0%} | "

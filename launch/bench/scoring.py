@@ -26,9 +26,9 @@ says how much of their time that is. The train arm gets the batch ready-made.
 
 tokens/s counts the tokens the model really processes: residues + BOS/EOS of every row, never
 padding. It is per pass with one mask per sequence. The engine's default ℓ(z) is a mask cover
-(``MaskPlan(covers=1)``: 7 masked copies of every sequence in one batch), so scoring a corpus
-takes 7 such token passes per sequence: sequences/s = tokens/s ÷ (7 × tokens per sequence).
-``--masks cover`` measures that batch layout directly (7× the rows).
+(one cover of 4 masks of 25 %: 4 masked copies of every sequence in one batch), so scoring a
+corpus takes 4 such token passes per sequence: sequences/s = tokens/s ÷ (4 × tokens per
+sequence). ``--masks cover`` measures that batch layout directly (4× the rows).
 
 Each arm runs in its own subprocess so its peak memory (max RSS above the process's baseline
 after the model is built; on CUDA, max allocated) is its own. Times are medians over --repeats
@@ -94,9 +94,9 @@ def real_tokens(batch, bundle) -> int:
 
 def mask_plans():
     from bioprune.engine.data.batching import MaskPlan
-    from bioprune.engine.influence.pipeline import DEFAULT_MASK_COVER
+    from bioprune.engine.influence.pipeline import ScoreSettings, mask_plan
 
-    return {"one": MaskPlan(draws=1, seed=0), "cover": MaskPlan(covers=DEFAULT_MASK_COVER, seed=0)}
+    return {"one": MaskPlan(draws=1, seed=0), "cover": mask_plan(ScoreSettings(seed=0))}
 
 
 def run_arm(arm: str, model: str, size: str, length: int, batch_size: int, repeats: int,

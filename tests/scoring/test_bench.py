@@ -196,7 +196,8 @@ def test_tokens_count_residues_and_bos_eos_never_padding():
     one = make_batch(corpus, np.arange(5), bundle, 0, 64)
     assert scoring.real_tokens(one, bundle) == sum(n + 2 for n in lengths) < one.tokens.numel()
     cover = make_batch(corpus, np.arange(5), bundle, 0, 64, masks=scoring.mask_plans()["cover"])
-    assert scoring.real_tokens(cover, bundle) == 7 * sum(n + 2 for n in lengths)
+    K = scoring.mask_plans()["cover"].copies
+    assert K == 4 and scoring.real_tokens(cover, bundle) == K * sum(n + 2 for n in lengths)
 
 
 def _run_scoring(tmp_path, capsys, *argv):
@@ -216,7 +217,7 @@ def test_scoring_bench_bf16_torch_and_triton_side_by_side(tmp_path, capsys):
     res, printed = _run_scoring(tmp_path, capsys, "--arms", "train", "score",
                                 "--backend", "torch", "triton", "--precision", "bf16")
     assert set(res) == {"meta", "results", "targets"}
-    assert res["meta"]["precision"] == "bf16" and res["meta"]["cover_copies"] == 7
+    assert res["meta"]["precision"] == "bf16" and res["meta"]["cover_copies"] == 4
     rows = {(r["arm"], r["backend"]): r for r in res["results"]}
     assert set(rows) == {("train", "-"), ("score", "torch"), ("score", "triton")}
     train = rows[("train", "-")]
@@ -229,7 +230,7 @@ def test_scoring_bench_bf16_torch_and_triton_side_by_side(tmp_path, capsys):
     torch_t = ratio["scoring rnafm:tiny torch: score ÷ train fwd+bwd"]
     assert torch_t["pass"] is (rows[("score", "torch")]["over_train"] <= 1.1)
     assert ratio["scoring rnafm:tiny triton: score ÷ train fwd+bwd"]["pass"] is None  # interpreter
-    for col in ("tokens/s", "÷ train", "build ms", "≤ 1.1 x train: ", "7 masked copies"):
+    for col in ("tokens/s", "÷ train", "build ms", "≤ 1.1 x train: ", "4 masked copies"):
         assert col in printed
 
 
@@ -239,10 +240,10 @@ def test_scoring_bench_fisher_arm_with_the_mask_cover(tmp_path, capsys):
     res, printed = _run_scoring(tmp_path, capsys, "--arms", "train", "fisher", "--masks", "cover")
     rows = {r["arm"]: r for r in res["results"]}
     assert set(rows) == {"train", "fisher"} and res["meta"]["precision"] == "fp32"
-    for r in rows.values():  # 7 masked copies of each of the 2 sequences
-        assert r["copies"] == 7 and r["tokens"] == 2 * 7 * (8 + 2)
+    for r in rows.values():  # 4 masked copies of each of the 2 sequences (the default cover)
+        assert r["copies"] == 4 and r["tokens"] == 2 * 4 * (8 + 2)
     assert res["targets"] == []  # no score arm, nothing to check
-    assert "mask cover: 7 rows per sequence" in printed
+    assert "mask cover: 4 rows per sequence" in printed
 
 
 # ------------------------------------------------------------------------------ the GPU command

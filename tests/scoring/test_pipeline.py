@@ -52,7 +52,8 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert m["parameters"]["covered"] == m["parameters"]["total"] - zero["count"] > 0
     c = m["counts"]
     assert c["included_coordinates"] + c["excluded_coordinates"] == m["parameters"]["covered"]
-    assert m["masks"]["kind"] == "cover" and m["masks"]["copies"] == 7
+    assert m["masks"]["kind"] == "cover" and m["masks"]["copies"] == 4     # 4 masks of 25 %
+    assert m["masks"]["rate"] == 0.25 and m["masks"]["mask_only"] is True
     assert sum(m["score_contributions"].values()) == pytest.approx(1.0)
     assert m["score_contributions"]["positional_embeddings"] < 0.5
     assert -1 <= m["length_spearman"] <= 1

@@ -1,5 +1,7 @@
-"""Scores that mean something (issue 10): the expected loss over several masks, exclusion of
-coordinates D_sub cannot estimate, relative damping, zero-gradient parameters, diagnostics."""
+"""Scores that mean something: the expected loss over several masks, exclusion of coordinates
+D_sub cannot estimate, relative damping, zero-gradient parameters, diagnostics."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,13 @@ from bioprune.engine.influence import damping as dmp
 from bioprune.engine.influence.diagnostics import GROUPS, contributions, parameter_groups
 from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
 from bioprune.engine.influence.passes import Scorer, _backward_pass, fisher_pass
+from bioprune.engine.influence.pipeline import ScoreSettings, mask_plan
 from bioprune.engine.models import build_model, trainable_parameters
 from reference import expected_per_sample_grads, per_copy_grads
 
 SEED = 4
 PLANS = [MaskPlan(draws=3, seed=9), MaskPlan(covers=1)]
+DEFAULT_PLAN = mask_plan(ScoreSettings(seed=SEED))   # what `score.py` uses without mask flags
 
 
 def _setup(name, n=5, lengths=(5, 30)):
@@ -59,17 +63,37 @@ def test_masks_are_pure_functions_of_seed_index_and_k():
 def test_a_cover_masks_every_position_once():
     bundle, corpus = _setup("rnafm", n=8, lengths=(3, 60))
     for i in range(len(corpus)):
-        b = make_batch(corpus, [i], bundle, SEED, masks=MaskPlan(covers=1, seed=5))
-        masked = (b.labels != IGNORE).int()            # (P, L)
-        L = int(corpus.lengths[i])
-        assert b.copies == COVER_PARTS
-        assert (masked.sum(1) >= 1).all()              # no copy without loss
-        hits = masked.sum(0)[1:L + 1]
-        if L >= COVER_PARTS:
-            assert (hits == 1).all()                   # a partition of the residues
-            assert abs(masked.sum(1).float().mean().item() - L / COVER_PARTS) < 1
-        else:
-            assert (hits >= 1).all()                   # every residue at least once
+        for rate, parts in ((0.15, COVER_PARTS), (0.25, 4), (0.5, 2)):
+            plan = MaskPlan(covers=1, seed=5, rate=rate)
+            b = make_batch(corpus, [i], bundle, SEED, masks=plan)
+            masked = (b.labels != IGNORE).int()            # (P, L)
+            L = int(corpus.lengths[i])
+            assert b.copies == plan.copies == parts
+            assert (masked.sum(1) >= 1).all()              # no copy without loss
+            hits = masked.sum(0)[1:L + 1]
+            if L >= parts:
+                assert (hits == 1).all()                   # a partition of the residues
+                assert abs(masked.sum(1).float().mean().item() - L / parts) < 1
+            else:
+                assert (hits >= 1).all()                   # every residue at least once
+
+
+def test_mask_only_hides_every_chosen_residue_behind_the_mask_token():
+    """The default score's corruption: the same chosen positions as 80/10/10, all the mask token;
+    80/10/10 keeps or replaces some of them (the noise mask-only removes)."""
+    bundle, corpus = _setup("rnafm", n=6, lengths=(40, 80))
+    kinds = set()
+    for plan in (MaskPlan(covers=1, rate=0.25), MaskPlan(draws=2)):
+        only = make_batch(corpus, range(6), bundle, SEED, masks=replace(plan, mask_only=True))
+        bert = make_batch(corpus, range(6), bundle, SEED, masks=plan)
+        assert torch.equal(only.labels, bert.labels)       # the same positions and targets
+        chosen = only.labels != IGNORE
+        assert (only.tokens[chosen] == bundle.mask_id).all()
+        assert torch.equal(only.tokens[~chosen], bert.tokens[~chosen])
+        kinds |= {"kept" if (bert.tokens[chosen] == bert.labels[chosen]).any() else "",
+                  "random" if ((bert.tokens[chosen] != bundle.mask_id)
+                               & (bert.tokens[chosen] != bert.labels[chosen])).any() else ""}
+    assert {"kept", "random"} <= kinds
 
 
 def test_random_masks_keep_the_15_percent_rule():
@@ -83,8 +107,9 @@ def test_random_masks_keep_the_15_percent_rule():
 # ---- per-sample gradients of the expected loss --------------------------------------------------
 
 @pytest.mark.parametrize("name", ["rnafm", "esmc"])
-@pytest.mark.parametrize("plan", PLANS + [MaskPlan(unmasked=True), MaskPlan(draws=2, rate=0.3)],
-                         ids=["3draws", "cover", "unmasked", "2draws-rate0.3"])
+@pytest.mark.parametrize("plan", PLANS + [MaskPlan(unmasked=True), MaskPlan(draws=2, rate=0.3),
+                                          DEFAULT_PLAN],
+                         ids=["3draws", "cover", "unmasked", "2draws-rate0.3", "default"])
 def test_multi_mask_per_sample_grads_match_torch_func(name, plan):
     bundle, corpus = _setup(name, n=3, lengths=(4, 20))
     params = trainable_parameters(bundle.module)
@@ -157,7 +182,8 @@ def test_unmasked_and_rate_plans():
     assert not (u.tokens == bundle.mask_id).any()
     r = make_batch(corpus, [2], bundle, SEED, masks=MaskPlan(draws=1, rate=0.3))
     assert (r.labels != IGNORE).sum() == n_masked(int(corpus.lengths[2]), 0.3)
-    for bad in (dict(unmasked=True, draws=2), dict(covers=1, rate=0.3), dict(draws=1, rate=1.0)):
+    for bad in (dict(unmasked=True, draws=2), dict(unmasked=True, rate=0.3),
+                dict(draws=1, rate=1.0), dict(draws=2, parts=1), dict(covers=1, rate=0.25, parts=5)):
         with pytest.raises(ValueError):
             MaskPlan(**bad)
 
