@@ -18,8 +18,7 @@ its MLM losses under K masks, mask k a pure function of (mask seed, corpus index
   P = round(1/rate) disjoint masks (``COVER_PARTS`` = 7 at the MLM rate 0.15; the position of
   hash rank r goes to part r mod P) whose union is every position, so each residue is predicted
   exactly once per cover. Sequences shorter than P residues repeat positions (part j = the
-  position of rank j mod L). ``parts`` < P keeps the first parts only (disjoint masks);
-  ``strided`` partitions by position instead of hash rank (residue i in part i mod P).
+  position of rank j mod L).
 
 ``mask_only`` replaces every chosen residue by the mask token instead of 80/10/10: the kept and
 random residues are a second source of mask noise (README "Which score estimator").
@@ -66,15 +65,9 @@ class MaskPlan:
     # how a score is estimated from the K copies' gradients: "mean" squares their mean;
     # "cross" is the unbiased cross-term over pairs of copies (grad_sample.collector)
     estimator: str = "mean"
-    # masks taken from each cover (None: all of them). Fewer parts are disjoint masks
-    # (stratified: no residue is drawn twice), e.g. 2 = an antithetic pair
-    parts: int | None = None
     # every chosen residue becomes the mask token (no 10 % random / 10 % kept): less noise per
     # mask, a slightly different loss than training's 80/10/10
     mask_only: bool = False
-    # covers by position (part j = residues j, j+P, j+2P, …) instead of by hash rank: no mask
-    # noise at all (the same masks for every seed), neighbours never masked together
-    strided: bool = False
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -89,10 +82,6 @@ class MaskPlan:
             raise ValueError("the unmasked loss takes no mask draws or covers")
         if not 0 < self.rate < 1 or (self.rate != MASK_FRACTION and self.unmasked):
             raise ValueError(f"mask rate {self.rate}: in (0, 1), and not for the unmasked loss")
-        if self.strided and not self.covers:
-            raise ValueError("strided masks are covers: give covers")
-        if self.parts is not None and not (self.covers and 1 <= self.parts <= self.cover_parts):
-            raise ValueError(f"cover parts {self.parts}: 1..{self.cover_parts}, with covers only")
 
     @property
     def cover_parts(self) -> int:
@@ -103,16 +92,14 @@ class MaskPlan:
     @property
     def copies(self) -> int:
         """Masked copies of each sample, K: the cost of a pass relative to one mask."""
-        return self.covers * (self.parts or self.cover_parts) if self.covers else self.draws
+        return self.covers * self.cover_parts if self.covers else self.draws
 
     def describe(self) -> dict:
         kind = "unmasked" if self.unmasked else "cover" if self.covers else "random"
         return {"kind": kind, "draws": 0 if self.covers else self.draws,
                 "covers": self.covers, "copies": self.copies, "seed": self.seed,
                 "estimator": self.estimator, "rate": self.rate,
-                **({"parts": self.parts} if self.parts else {}),
-                **({"mask_only": True} if self.mask_only else {}),
-                **({"strided": True} if self.strided else {})}
+                **({"mask_only": True} if self.mask_only else {})}
 
 
 @dataclass
@@ -177,17 +164,14 @@ def mask_sequence(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBu
 
 
 def cover_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBundle", cover: int,
-                parts: int | None = None, P: int = COVER_PARTS, mask_only: bool = False,
-                strided: bool = False):
-    """The first ``parts`` (default all) of the P masks of cover ``cover``: [(inputs, labels)],
-    masks k = cover·P + j."""
+                P: int = COVER_PARTS, mask_only: bool = False):
+    """The P masks of cover ``cover``: [(inputs, labels)], masks k = cover·P + j."""
     L = token_ids.shape[0]
     keys = hashing.hash_keys2(seed, index, np.arange(L, dtype=np.int64) + cover * _MASK_STRIDE,
                               hashing.MASK_COVER)
-    # positions by hash rank (strided: in order, so part j = residues ≡ j mod P)
-    rank_order = np.arange(L) if strided else np.argsort(keys, kind="stable")
+    rank_order = np.argsort(keys, kind="stable")      # positions by hash rank
     out = []
-    for j in range(parts or P):
+    for j in range(P):
         chosen = rank_order[j::P] if L >= P else rank_order[[j % L]]
         out.append(_corrupt(seed, index, token_ids, np.sort(chosen), cover * P + j, bundle,
                             mask_only))
@@ -201,8 +185,8 @@ def sample_masks(seed: int, index: int, token_ids: np.ndarray, bundle: "ModelBun
         return [(token_ids.copy(), token_ids.astype(np.int64))]
     if plan.covers:
         return [m for c in range(plan.covers)
-                for m in cover_masks(seed, index, token_ids, bundle, c, plan.parts,
-                                     plan.cover_parts, plan.mask_only, plan.strided)]
+                for m in cover_masks(seed, index, token_ids, bundle, c, plan.cover_parts,
+                                     plan.mask_only)]
     return [mask_sequence(seed, index, token_ids, bundle, k, plan.rate, plan.mask_only)
             for k in range(plan.draws)]
 

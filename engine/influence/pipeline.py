@@ -34,6 +34,13 @@ RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint
                "chunk_size", "precision", "damping_alpha", "exclude_below", "mask_draws",
                "mask_cover", "mask_seed", "mask_estimator", "mask_rate", "unmasked_loss",
                "mask_corruption", "preset")
+# settings that do not change a finished run's results (where and how it runs); every settings
+# field is in exactly one of the two lists (tests/project/test_identity_keys.py), so a new field
+# must be classified before a rerun can resume across it. molecule / on_invalid are added by
+# run_identity.identity.
+RUN_ONLY_KEYS = ("out", "overwrite", "corpus_cache", "corpus_cache_local", "keep_adapt_checkpoints",
+                 "micro_batch_size", "backend", "zero_stage", "offload", "deepspeed_config",
+                 "molecule", "on_invalid")
 
 # ℓ(z) = mean MLM loss over one mask cover of 4 masks of 25 %, every chosen residue the mask
 # token: as stable as 28 training-style masks at 4 passes (README "Which score estimator")

@@ -21,6 +21,8 @@ FILES = (CORESET, REPORT, PLOT, FASTA, TABLE, LENGTH_PLOT, CLUSTERS)
 IDENTITY_KEYS = ("strategy", "budget", "fraction", "hard_cutoff", "strata", "seed", "data",
                  "molecule", "column", "id_column", "no_validate", "hist_bins", "no_plot",
                  "cluster_identity", "cluster_coverage", "cluster_mode", "clusters", "dedup")
+# the rest (tests/project/test_identity_keys.py): --scores is in the identity by its _SUCCESS
+RUN_ONLY_KEYS = ("scores", "out", "corpus_cache", "threads", "overwrite")
 
 
 def resolve_scores(path: str) -> str:

@@ -16,6 +16,11 @@ from bioprune.engine.runtime.errors import fail
 IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
                  "lr", "weight_decay", "warmup", "micro_batch_size", "grad_accum", "seed",
                  "heldout_size", "zero_stage", "deepspeed_config")
+# the rest (tests/project/test_identity_keys.py: every field is in one list): --indices is in the
+# identity by its digest; epochs / steps may grow; molecule / on_invalid come from
+# run_identity.identity
+RUN_ONLY_KEYS = ("out", "overwrite", "corpus_cache", "corpus_cache_local", "indices", "epochs",
+                 "steps", "save_steps", "save_total_limit", "offload", "molecule", "on_invalid")
 
 
 def check_pretrain_settings(s) -> None:

@@ -3,16 +3,17 @@ per unit of cost, measured side by side in one process with the production passe
 
     python launch/bench/estimators.py --model rnafm \\
         --checkpoint runs/exp-rna-1pct/reference/final/model.safetensors \\
-        --n 500 --out runs/bench_estimators/rna
-    python launch/bench/estimators.py --model esmc --train-steps 300 --n 300 \\
+        --n 400 --out runs/bench_estimators/rna
+    python launch/bench/estimators.py --model esmc --train-steps 300 --n 200 \\
         --out runs/bench_estimators/protein
 
 On N sequences drawn (by hash) from the shared corpus, with trained weights (``--checkpoint``, or
 a tiny model trained briefly here, cached in OUT), every estimator is run as the pipeline runs it:
 the Fisher over a random D_sub (``fisher_pass``) with the estimator's masks, default relative
 damping, then ``Scorer`` (fused kernels) over all N, for two mask seeds. The reference is the
-expected-loss score with many masks (``--references``: C4 = 4 covers = 28 copies, their mean, and
-C4x, the cross-term over the same 28 copies). For each
+expected-loss score with many masks (``--references``: C4 = 4 covers of 7 = 28 training-style
+80/10/10 masks, their mean; C4m, the same 28 masks with every chosen residue the mask token, the
+quantity the default estimates; C4x, the cross-term over C4's copies). For each
 estimator: Spearman against the reference, Spearman between the two mask seeds, Top-I / CCI 10 %
 overlap between the seeds, Spearman(score, length), and the cost: masked copies per sequence and
 scoring seconds per sequence beside one single-mask scoring pass and one training step
@@ -29,34 +30,17 @@ import numpy as np
 
 # name -> MaskPlan fields; "x" = the cross-term estimator over the same copies
 ESTIMATORS = {"K1": dict(draws=1), "K2": dict(draws=2), "K2x": dict(draws=2, estimator="cross"),
-              "K4x": dict(draws=4, estimator="cross"), "C1": dict(covers=1),
+              "K4x": dict(draws=4, estimator="cross"),
+              "C1": dict(covers=1),                      # one cover of 7: the old default
               "C1x": dict(covers=1, estimator="cross"), "U": dict(unmasked=True),
               "K1r30": dict(draws=1, rate=0.3), "K2r30": dict(draws=2, rate=0.3),
-              # an antithetic pair: two disjoint masks (parts of one cover), never the same residue
-              "P2": dict(covers=1, parts=2), "P3": dict(covers=1, parts=3),
-              # whole covers at higher rates: every residue predicted once in fewer passes
-              "A2": dict(covers=1, rate=0.5), "C1r33": dict(covers=1, rate=1 / 3),
-              # every chosen residue masked (no 80/10/10 corruption noise)
-              "K1m": dict(draws=1, mask_only=True), "P2m": dict(covers=1, parts=2, mask_only=True),
-              "C1m": dict(covers=1, mask_only=True),
-              "A2m": dict(covers=1, rate=0.5, mask_only=True),
+              # whole covers at higher rates: every residue predicted once in fewer passes;
+              # "m": every chosen residue the mask token (no 80/10/10 corruption noise)
+              "A2": dict(covers=1, rate=0.5), "C1r25": dict(covers=1, rate=0.25),
+              "K1m": dict(draws=1, mask_only=True), "A2m": dict(covers=1, rate=0.5, mask_only=True),
               "C1r33m": dict(covers=1, rate=1 / 3, mask_only=True),
-              "C1r25m": dict(covers=1, rate=0.25, mask_only=True),
-              # strided covers (residue i in part i mod P): the same masks for every seed
-              "S2m": dict(covers=1, rate=0.5, mask_only=True, strided=True),
-              "S3m": dict(covers=1, rate=1 / 3, mask_only=True, strided=True),
-              "S4m": dict(covers=1, rate=0.25, mask_only=True, strided=True),
-              "S7m": dict(covers=1, mask_only=True, strided=True),
-              "C1r25": dict(covers=1, rate=0.25)}
-# the Fisher's masks apart from the scores' ("S/F": score with S, Fisher over D_sub with F). The
-# Fisher pass covers D_sub only, so many masks there cost |D_sub|/N of a pass per sequence;
-# "/Fref" reuses the headline reference's own weights (isolates the scores' mask noise)
-FISHER = {"C1": dict(covers=1), "C2": dict(covers=2)}
-for _s in ("K1", "K2", "P2", "P3", "K2r30"):
-    for _f in FISHER:
-        ESTIMATORS[f"{_s}/F{_f}"] = dict(ESTIMATORS[_s], fisher=FISHER[_f])
-for _s in ("K1", "P2", "C1"):
-    ESTIMATORS[f"{_s}/Fref"] = dict(ESTIMATORS[_s], fisher="ref")
+              "C1r25m": dict(covers=1, rate=0.25, mask_only=True),   # the default
+              "C1m": dict(covers=1, mask_only=True)}
 # many-mask references: the mean over 28 copies (what the old default converges to: ‖E g‖² plus
 # the single-mask noise / 28) and the cross-term over the same 28 copies (unbiased for ‖E g‖²)
 REFERENCES = {"C4": dict(covers=4), "C4x": dict(covers=4, estimator="cross"), "C2": dict(covers=2),
@@ -76,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=256, help="residues kept (a prefix)")
     p.add_argument("--subset-fraction", type=float, default=0.3, help="random D_sub / N")
     p.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
-    p.add_argument("--references", nargs="+", choices=list(REFERENCES), default=["C4", "C4x"],
+    p.add_argument("--references", nargs="+", choices=list(REFERENCES), default=["C4", "C4m"],
                    help="the many-mask expected-loss scores every estimator is compared with "
                         "(the first is the headline)")
     p.add_argument("--micro-batch", type=int, default=16, help="masked rows per batch")
@@ -165,13 +149,10 @@ def run(args) -> dict:
     subset = draw_subset(N, max(1, int(args.subset_fraction * N)), 0)
     log(f"N={N}, median length {int(np.median(L))}, D_sub {len(subset)}")
 
-    refs, ref_info, ref_weights = {}, {}, None
+    refs, ref_info = {}, {}
     for rname in args.references:
         ref_plan = MaskPlan(seed=99, **REFERENCES[rname])
-        w = fisher_weights(bundle, corpus, params, subset, ref_plan, args.micro_batch)
-        ref_weights = w if ref_weights is None else ref_weights
-        refs[rname], ref_s = score_once(bundle, corpus, params, subset, ref_plan, args.micro_batch,
-                                        w)
+        refs[rname], ref_s = score_once(bundle, corpus, params, subset, ref_plan, args.micro_batch)
         ref_info[rname] = {"copies": ref_plan.copies, "ms_per_seq": 1e3 * ref_s,
                            "spearman_length": spearman(refs[rname], L)}
         log(f"reference {rname} ({ref_plan.copies} copies): {ref_s * 1e3:.1f} ms/seq")
@@ -182,21 +163,15 @@ def run(args) -> dict:
     rows = {}
     for name in args.estimators:
         scores, secs = [], []
-        spec = dict(ESTIMATORS[name])
-        fisher = spec.pop("fisher", None)
+        spec = ESTIMATORS[name]
         for mseed in (1, 2):
             plan = MaskPlan(seed=mseed, **spec)
-            w = (ref_weights if fisher == "ref" else None if fisher is None else
-                 fisher_weights(bundle, corpus, params, subset, MaskPlan(seed=mseed, **fisher),
-                                args.micro_batch))
-            s, t = score_once(bundle, corpus, params, subset, plan, args.micro_batch, w)
+            s, t = score_once(bundle, corpus, params, subset, plan, args.micro_batch)
             scores.append(s)
             secs.append(t)
         a, b = scores
         rows[name] = {
             "copies": MaskPlan(**spec).copies,
-            "fisher_copies": ("ref" if fisher == "ref" else
-                              MaskPlan(**(fisher or spec)).copies),
             "estimator": spec.get("estimator", "mean"),
             **{f"spearman_vs_{r}": float(np.mean([spearman(s, v) for s in scores]))
                for r, v in refs.items()},
@@ -224,13 +199,13 @@ def table(res: dict) -> str:
              + (f", ρ between them {res['references']['spearman_between_references']:.3f}"
                 if "spearman_between_references" in res["references"] else "")
              + f"; training step {res['train_step_ms_per_seq']:.1f} ms/seq", "",
-             "| estimator | copies | Fisher copies | " + " | ".join(f"ρ vs {k}" for k in refs)
+             "| estimator | copies | " + " | ".join(f"ρ vs {k}" for k in refs)
              + " | ρ across mask seeds | Top-I 10% overlap | CCI 10% overlap | ρ(score, length) | "
              "negative | score ms/seq | × K1 | × train step |",
-             "|---|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|---|---|"]
+             "|---|---|" + "---|" * len(refs) + "---|---|---|---|---|---|---|---|"]
     for name, r in res["estimators"].items():
         vs = " | ".join(f"{r[f'spearman_vs_{k}']:.3f}" for k in refs)
-        lines.append(f"| {name} ({r['estimator']}) | {r['copies']} | {r['fisher_copies']} | {vs} | "
+        lines.append(f"| {name} ({r['estimator']}) | {r['copies']} | {vs} | "
                      f"{r['spearman_seeds']:.3f} | {r['topk10_overlap']:.2f} | "
                      f"{r['cci10_overlap']:.2f} | {r['spearman_length']:+.2f} | "
                      f"{r['negative_share']:.0%} | "
