@@ -45,7 +45,6 @@ does on Lustre, GPFS, BeeGFS and local disks; old NFS clients can corrupt partia
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 import socket
 import time
@@ -65,6 +64,7 @@ from bioprune.engine.data.corpus_units import (MIN_UNIT_BYTES, Merged, Unit, mer
 from bioprune.engine.data.read_fasta import _ranges
 from bioprune.engine.data.readers import CorpusError, resolve_input
 from bioprune.engine.io.atomic import write_json
+from bioprune.engine.runtime.collectives import together
 
 SIMULATE_NODES_ENV = "BIOPRUNE_CORPUS_SIMULATE_NODES"
 PARTS = ".parts"          # per-rank scratch inside the temporary build directory
@@ -75,34 +75,8 @@ COPY_BYTES = 64 << 20     # bytes per broadcast between nodes
 # ------------------------------------------------------------------------- collectives
 
 
-def _portable(e: BaseException | None) -> BaseException | None:
-    """``e`` if it survives pickling (to travel to the other ranks), else a RuntimeError."""
-    if e is None:
-        return None
-    try:
-        return pickle.loads(pickle.dumps(e))
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"{type(e).__name__}: {e}")
-
-
 def _together(comm, fn, *args, **kwargs):
-    """Run ``fn`` on this rank; if it raised on any rank, every rank raises the lowest failing
-    rank's exception (a CorpusError as it is, anything else as a RuntimeError naming the rank),
-    so all ranks leave together instead of some waiting in the next collective."""
-    err, out = None, None
-    try:
-        out = fn(*args, **kwargs)
-    except Exception as e:  # noqa: BLE001 - handed to every rank
-        err = e
-    if not comm.any(err is not None):
-        return out
-    errs = comm.allgather_object(_portable(err))
-    first = next(r for r, e in enumerate(errs) if e is not None)
-    if first == comm.rank:
-        raise err
-    if isinstance(errs[first], CorpusError):
-        raise errs[first]
-    raise RuntimeError(f"the corpus build failed on rank {first}: {errs[first]!r}")
+    return together(comm, fn, *args, what="the corpus build", **kwargs)
 
 
 def _from_rank0(comm, fn, *args):

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from bioprune.engine.io import run_config
+from bioprune.engine.runtime.collectives import Comm, raise_together
 from bioprune.engine.runtime.errors import UsageError, fail
 
 KEEP = (".bioprune.lock", "corpus")     # never removed by --overwrite
@@ -51,8 +52,8 @@ def fingerprint(path) -> dict:
 def load_indices(path):
     """The ``--indices`` file: a 1-D integer array of corpus indices (a ``.npy``), or a list of
     record ids (a text file, one id per line; ``#`` lines and blank lines skipped), returned as a
-    list of str to be mapped onto a corpus (:func:`ids_to_indices`). A UsageError names any other
-    problem."""
+    list of str to be mapped onto a corpus (``data.record_ids.ids_to_indices``). A UsageError
+    names any other problem."""
     import numpy as np
 
     try:
@@ -86,28 +87,6 @@ def _read_id_list(path, head: bytes) -> list[str]:
     if not ids:
         fail(f"--indices {path}: holds no record ids (an empty coreset); nothing to train on")
     return ids
-
-
-def ids_to_indices(ids: list[str], corpus, path):
-    """Corpus indices of record ``ids`` (ids must be unique in the corpus and all present)."""
-    import numpy as np
-
-    where: dict[str, int] = {}
-    repeated = None
-    for i in range(len(corpus)):
-        rid = corpus.record_id(i)
-        if rid in where:
-            repeated = repeated or rid
-        where[rid] = i
-    wanted = set(ids)
-    if repeated is not None and repeated in wanted:
-        fail(f"--indices {path}: the corpus repeats the record id {repeated!r}, so an id list "
-             "cannot name one record; pass corpus indices (coreset.npy) instead")
-    missing = [i for i in ids if i not in where]
-    if missing:
-        fail(f"--indices {path}: {len(missing):,} record ids are not in --data (first: "
-             f"{missing[:3]}); was the list made from the same corpus?")
-    return np.asarray([where[i] for i in ids], dtype=np.int64)
 
 
 def indices_digest(path) -> dict:
@@ -210,20 +189,9 @@ def open_run(out, config: dict, *, what: str, overwrite: bool = False, keep=KEEP
             err = str(e)
         except OSError as e:
             err = f"--out {out}: cannot write there ({e})"
-    _together(err)
+    raise_together(Comm(), err, UsageError)
     if note:
         print(note, flush=True)
-
-
-def _together(err: str | None) -> None:
-    from bioprune.engine.runtime import distributed
-
-    if distributed.world_size() > 1:
-        from bioprune.engine.runtime.collectives import Comm, raise_together
-
-        raise_together(Comm(), err, UsageError)
-    elif err:
-        raise UsageError(err)
 
 
 def finished(out, config: dict, marker: str, target: dict | None = None) -> bool:

@@ -1,6 +1,7 @@
 """Collectives on NumPy arrays over the default torch.distributed process group (gloo on the CPU,
 NCCL on GPUs), or none (world = 1, no communication), and the one way a rank-local error becomes
-everyone's: :func:`agree` / :func:`raise_together`.
+everyone's: :func:`together` runs a step and fails it on every rank if it failed on one;
+:func:`raise_together` does the same for an error message a rank has already computed.
 
 Chunked passes (:func:`chunks`) run over CHUNK elements at a time; the selection keeps their
 temporaries on the heap (:func:`bioprune.engine.runtime.malloc.numpy_passes`).
@@ -105,6 +106,42 @@ def agree(comm: Comm, error_local: str | None) -> str | None:
     msgs = comm.allgather_object(error_local)
     return next(m for m in msgs if m is not None)
 
+
+
+def together(comm: Comm, fn, *args, what: str = "a collective step", **kwargs):
+    """Run ``fn(*args, **kwargs)`` on this rank and return its result; if it raised on any rank,
+    every rank raises the lowest failing rank's exception — a usage error (UsageError and its
+    kinds: CorpusError, ScoresError, …) as itself, anything else as a RuntimeError naming the
+    rank — so all ranks leave together instead of some waiting in the next collective. The
+    failing rank raises its own exception, traceback included."""
+    err, out = None, None
+    try:
+        out = fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - handed to every rank
+        err = e
+    if not comm.any(err is not None):
+        return out
+    errs = comm.allgather_object(_portable(err))
+    first = next(r for r, e in enumerate(errs) if e is not None)
+    if first == comm.rank:
+        raise err
+    from bioprune.engine.runtime.errors import UsageError
+
+    if isinstance(errs[first], UsageError):
+        raise errs[first]
+    raise RuntimeError(f"{what} failed on rank {first}: {errs[first]!r}")
+
+
+def _portable(e: BaseException | None) -> BaseException | None:
+    """``e`` if it survives pickling (to travel to the other ranks), else a RuntimeError."""
+    if e is None:
+        return None
+    import pickle
+
+    try:
+        return pickle.loads(pickle.dumps(e))
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def raise_together(comm: Comm, error_local: str | None, exc_type=RuntimeError) -> None:

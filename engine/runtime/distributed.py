@@ -287,7 +287,9 @@ def run_distributed(fn, *args, out=None) -> int:
               "traceback is above" + (f" and in {log}" if log else "") + "; please report it",
               file=sys.stderr, flush=True)
         if world_size() > 1:   # the other ranks may wait in a collective; the launcher stops them
-            lock.release_all()
+            # (also the path of a rank whose peer stopped on a signal first: its collective
+            # fails, so it frees the shm buffer here too, or /dev/shm keeps 69 MB per run)
+            forced_exit_cleanup()
             os._exit(1)
         return 1
     finally:

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from bioprune.engine.runtime.errors import UsageError, fail
+from bioprune.engine.runtime.errors import fail
 
 
 def _flag(name: str) -> str:
@@ -116,16 +116,6 @@ def backend(value: str) -> None:
 
 def checked_together(check, *args, **kwargs) -> None:
     """Run ``check`` on every rank; if it fails on any rank, every rank raises that message."""
-    import torch.distributed as dist
+    from bioprune.engine.runtime.collectives import Comm, together
 
-    err = None
-    try:
-        check(*args, **kwargs)
-    except UsageError as e:
-        err = str(e)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from bioprune.engine.runtime.collectives import Comm, raise_together
-
-        raise_together(Comm(), err, UsageError)
-    elif err:
-        raise UsageError(err)
+    together(Comm(), check, *args, what="a settings check", **kwargs)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import validate as v
+from bioprune.engine.runtime.collectives import Comm, raise_together
 from bioprune.engine.runtime.errors import UsageError, fail
 from bioprune.engine.selection.cluster_table import TABLE as CLUSTERS
 from bioprune.engine.selection.report import CORESET, FASTA, LENGTH_PLOT, PLOT, REPORT, TABLE
@@ -73,7 +74,7 @@ def begin_selection(s) -> dict:
             _refuse_earlier(out, config)
     except UsageError as e:
         err = str(e)
-    run_identity._together(err)
+    raise_together(Comm(), err, UsageError)
     return config
 
 

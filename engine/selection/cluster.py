@@ -35,7 +35,7 @@ import numpy as np
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
 
 __all__ = ["mmseqs_binary", "mmseqs_clusters", "cluster_order", "select_from_clusters",
-           "select_cluster", "select_among_representatives"]
+           "select_among_representatives"]
 
 
 def mmseqs_binary() -> str:
@@ -156,20 +156,6 @@ def select_from_clusters(rep: np.ndarray, budget: int, seed: int = 0,
                             "index)), then hash(seed, representative) asc: clusters uniformly, "
                             "not by size"}
     return chosen, report
-
-
-def select_cluster(corpus, budget: int, *, identity: float = 0.5, coverage: float = 0.8,
-                   cov_mode: int = 0, mode: str = "cluster", seed: int = 0, threads: int = 1,
-                   work_dir=None) -> tuple[np.ndarray, dict]:
-    """MMseqs2 cluster-representative coreset of exactly ``budget`` records of ``corpus``.
-
-    Returns (indices int64 ascending, report dict for selection.json: strategy, budget, n,
-    clusters, representatives taken, MMseqs2 command and version, cluster-size summary)."""
-    if not 1 <= int(budget) <= len(corpus):
-        raise ValueError(f"budget {budget} out of range 1..{len(corpus)}")
-    rep, info = mmseqs_clusters(corpus, identity=identity, coverage=coverage, cov_mode=cov_mode,
-                                mode=mode, threads=threads, work_dir=work_dir)
-    return select_from_clusters(rep, budget, seed, info)
 
 
 def select_among_representatives(rep: np.ndarray, index: np.ndarray, score: np.ndarray,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioprune.engine.data.record_ids import positions_by_id
 from bioprune.engine.io.atomic import write_text
 from bioprune.engine.runtime.errors import UsageError
 
@@ -23,14 +24,12 @@ TABLE = "clusters.tsv"
 
 
 def _id_index(corpus) -> dict[str, int]:
-    ids: dict[str, int] = {}
-    for i in range(len(corpus)):
-        rid = corpus.record_id(i)
-        if rid in ids:
-            raise UsageError(f"the corpus repeats the record id {rid!r} (records {ids[rid] + 1} "
-                             f"and {i + 1}): a cluster table by id cannot name them apart; give "
-                             "the records unique ids")
-        ids[rid] = i
+    ids, repeated = positions_by_id(corpus)
+    if repeated:
+        rid, (a, b) = next(iter(repeated.items()))
+        raise UsageError(f"the corpus repeats the record id {rid!r} (records {a + 1} and {b + 1}): "
+                         "a cluster table by id cannot name them apart; give the records unique "
+                         "ids")
     return ids
 
 

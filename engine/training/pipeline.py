@@ -53,7 +53,8 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
     A coreset written by select_coreset.py carries the content digest of the scored corpus in
     the ``selection.json`` beside it: with ``corpus`` given it must match (the same records in
     another order would pass every other check and train on the wrong sequences)."""
-    from bioprune.engine.io.run_identity import ids_to_indices, load_indices
+    from bioprune.engine.data.record_ids import ids_to_indices
+    from bioprune.engine.io.run_identity import load_indices
 
     idx = load_indices(path)
     by_id = isinstance(idx, list)

@@ -17,7 +17,7 @@ from bioprune.engine.selection.rules import SelectionError
 def test_indices_as_record_ids_or_a_clear_error(tmp_path):
     """--indices takes a .npy of corpus indices or a text list of record ids (the first
     tab-separated column); any other file is named as neither, never as "pickled data"."""
-    from bioprune.engine.io.run_identity import ids_to_indices
+    from bioprune.engine.data.record_ids import ids_to_indices
 
     p = tmp_path / "ids.txt"
     p.write_text("# my coreset\nx3\tmore columns\n\nx1\n")

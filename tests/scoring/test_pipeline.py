@@ -119,19 +119,25 @@ def test_select_under_mpiexec_matches_one_rank(one_rank, tmp_path):
     np.testing.assert_array_equal(sel[0], sel[1])
 
 
-def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(command("score.py", ["--data", *corpus_files, *SCORE_ARGS,
-                                                 "--out", str(out)]),
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def _start_until_parts(cmd, scores: Path, parts: int) -> subprocess.Popen:
+    """Start a scoring command in its own session; return once it has written ``parts`` score
+    parts (and is still running, so it can be interrupted midway)."""
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    scores = out / "scores"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if scores.exists() and len(list(scores.glob("part-*.parquet"))) >= 3:
+        if scores.exists() and len(list(scores.glob("part-*.parquet"))) >= parts:
             break
         time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be killed midway"
+    assert proc.poll() is None, "the run ended before it could be interrupted midway"
+    return proc
+
+
+def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
+    out = tmp_path / "killed"
+    scores = out / "scores"
+    proc = _start_until_parts(command("score.py", ["--data", *corpus_files, *SCORE_ARGS,
+                                                   "--out", str(out)]), scores, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     parts = sorted(scores.glob("part-*.parquet"))
@@ -172,15 +178,8 @@ def test_sigterm_to_the_launcher_stops_every_rank_then_resume(one_rank, corpus_f
     out = tmp_path / "terminated"
     cmd = command("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)], ranks=2)
     port = cmd[cmd.index("--master_port") + 1]
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
     scores = out / "scores"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if scores.exists() and len(list(scores.glob("part-*.parquet"))) >= 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be stopped midway"
+    proc = _start_until_parts(cmd, scores, 2)
     os.kill(proc.pid, signal.SIGTERM)                 # the launcher only, as `kill PID` does
     proc.wait(timeout=30)
     t0 = time.time()

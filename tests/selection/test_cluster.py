@@ -6,7 +6,7 @@ import pytest
 
 from bioprune.engine.data.corpus import load_corpus
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
-from bioprune.engine.selection.cluster import (cluster_order, mmseqs_clusters, select_cluster,
+from bioprune.engine.selection.cluster import (cluster_order, mmseqs_clusters,
                                                select_from_clusters)
 from pipeline_utils import data_dir
 
@@ -49,9 +49,11 @@ def test_real_mmseqs_clusters_are_deterministic_and_complete(corpus, clustered):
     # homologous families collapse: far fewer clusters than sequences, but more than one
     assert 1 < info["clusters"] < n
     assert info["mmseqs_version"] and "easy-cluster" in info["command"][1]
-    # a stricter identity threshold never gives fewer clusters; the end-to-end call agrees
-    idx, report = select_cluster(corpus, 10, identity=0.95, coverage=0.8, seed=1)
-    assert report["clusters"] >= info["clusters"] and len(idx) == 10
+    # a stricter identity threshold never gives fewer clusters
+    strict, strict_info = mmseqs_clusters(corpus, identity=0.95, coverage=0.8)
+    assert strict_info["clusters"] >= info["clusters"]
+    idx, report = select_from_clusters(strict, 10, seed=1, info=strict_info)
+    assert report["clusters"] == strict_info["clusters"] and len(idx) == 10
 
 
 @pytest.mark.parametrize("frac", [0.05, 0.3, 0.9, 1.0])
