@@ -111,9 +111,8 @@ def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) ->
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
-
     from bioprune.engine.io import scores as scores_io
+    from bioprune.engine.io.length_bias import spearman
 
     parts = scores_io.list_parts(scores_dir)
     n = sum(scores_io.part_rows(p) for p in parts)
@@ -125,7 +124,7 @@ def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) ->
         for k in cols:
             cols[k].append(c[k][keep])
     idx, score, length = (np.concatenate(cols[k]) if cols[k] else np.empty(0) for k in cols)
-    rho = float(spearmanr(score, length).statistic) if len(score) > 1 else float("nan")
+    rho = spearman(score, length)
     sel = np.isin(idx, np.asarray(picked if picked is not None else [], dtype=np.int64))
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
     ax.scatter(length[~sel], score[~sel], s=3, color="0.6", alpha=0.5, lw=0,
