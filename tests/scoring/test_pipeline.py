@@ -279,6 +279,9 @@ def test_protein_corpus_with_esmc_without_finetuning(tmp_path):
     run("select_coreset.py", ["--scores", str(out / "scores"), "--strategy", "random",
                               "--budget", "5", "--out", str(out / "random"), "--data"])
     coreset = np.load(out / "random" / "coreset.npy")
-    headers = [ln for ln in (out / "random" / "coreset.fasta").read_text().splitlines()
-               if ln.startswith(">")]
-    assert len(coreset) == 5 and [int(h.split("index=")[1]) for h in headers] == coreset.tolist()
+    # table rows: '>id' and the sequence cell as given
+    import pandas as pd
+
+    rows = pd.read_csv(table)
+    want = "".join(f">{rows.id[i]}\n{rows.sequence[i]}\n" for i in coreset)
+    assert len(coreset) == 5 and (out / "random" / "coreset.fasta").read_text() == want

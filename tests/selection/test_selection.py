@@ -387,7 +387,9 @@ def test_cli_bad_inputs(tmp_path, capsys):
 
 
 def _fasta(path, n):
-    path.write_text("".join(f">seq{i}\n{'ACGU'[i % 4] * (3 + i % 5)}\n" for i in range(n)))
+    """Records with descriptions, lower-case residues and T (the corpus stores ACGU)."""
+    path.write_text("".join(f">seq{i} sample {i} of the corpus\n{'ACGTacgu'[i % 8] * (3 + i % 5)}\n"
+                            for i in range(n)))
     return path
 
 
@@ -399,8 +401,15 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
     assert cli.main(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
                      "--out", str(out), "--data", str(fa), "--no-plot"]) == 0
     core = np.load(out / "coreset.npy")
-    heads = [ln for ln in (out / "coreset.fasta").read_text().splitlines() if ln.startswith(">")]
-    assert heads == [f">seq{i} index={i}" for i in core]
+    # the input's records byte for byte: header line (id and description) and residues as given
+    records = [">" + r for r in fa.read_text().split(">")[1:]]
+    assert (out / "coreset.fasta").read_text() == "".join(records[i] for i in core)
+    from Bio import SeqIO
+
+    src = list(SeqIO.parse(fa, "fasta"))
+    got = list(SeqIO.parse(out / "coreset.fasta", "fasta"))
+    assert [(r.description, str(r.seq)) for r in got] == \
+        [(src[i].description, str(src[i].seq)) for i in core]
     assert (out / "corpus" ).is_dir()                  # no manifest: cache under --out
     # the manifest next to the scores names the corpus: --data with no paths
     (run / "manifest.json").write_text(json.dumps({"corpus": {
