@@ -82,6 +82,21 @@ def add_run_args(p: argparse.ArgumentParser, inputs: bool = True) -> None:
                         "corpus index then runs over the kept records)")
 
 
+def add_report_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--report-to: where the training curves of ``what`` go (training.trackers)."""
+    from bioprune.engine.training.trackers import BACKENDS
+
+    p.add_argument("--report-to", choices=BACKENDS, default="tensorboard",
+                   help=f"where the curves of {what} go (train loss and learning rate per "
+                        "optimizer step, the per-epoch metrics), written by rank 0 under --out: "
+                        "tensorboard: OUT/tensorboard/<stage>/ event files; wandb: an offline "
+                        "run in OUT/wandb/ (upload later with `wandb sync`); mlflow: a local "
+                        "file store OUT/mlruns (`mlflow ui --backend-store-uri file:OUT/mlruns`); "
+                        "none. wandb and mlflow are optional (pip install wandb / mlflow). Not "
+                        "part of the run's identity: a resume may change it "
+                        "(default: tensorboard)")
+
+
 def add_local_rank_arg(p) -> None:
     p.add_argument("--local_rank", type=int, default=-1,
                    help="set by the deepspeed launcher; do not pass by hand")

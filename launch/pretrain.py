@@ -19,7 +19,8 @@ import argparse
 import sys
 
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 add_run_args, main_of, model_inputs, settings_from_args)
+                                 add_report_arg, add_run_args, main_of, model_inputs,
+                                 settings_from_args)
 from bioprune.engine.training.pipeline import PretrainSettings, run_pretraining
 
 
@@ -60,6 +61,7 @@ def parse_args(argv=None):
                         "always checkpoints at the current step, then exits 143")
     c.add_argument("--save-total-limit", type=int, default=None, metavar="K",
                    help="keep only the K most recent checkpoints (default: every one)")
+    add_report_arg(p, "pretraining (stage pretrain)")
     p.add_argument("--out", required=True, help="output directory")
     add_deepspeed_args(p)
     args = p.parse_args(argv)

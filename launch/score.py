@@ -16,7 +16,8 @@ import argparse
 import sys
 
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
-                                 add_run_args, main_of, model_inputs, settings_from_args)
+                                 add_report_arg, add_run_args, main_of, model_inputs,
+                                 settings_from_args)
 from bioprune.engine.influence.pipeline import ScoreSettings, run_scoring
 from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW
 
@@ -108,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
                    help="per-sample reduction kernels: Triton on CUDA, PyTorch elsewhere "
                         "by default")
+    add_report_arg(p, "the adaptation fine-tune (stage adapt)")
     p.add_argument("--out", required=True, help="the run directory")
     add_deepspeed_args(p)
     args = p.parse_args(argv)

@@ -15,7 +15,9 @@ travel, to rank 0, which writes (each atomically) into --out:
   selection.json        strategy, parameters, n, budget, strata (edges / sizes / budgets / picks),
                         score summary (min / max / mean / quantiles), histogram counts
   score_histogram.png   log-count histogram of all scores, strata edges, hard cut-off, picked mass
-  coreset.fasta         with --data: the selected records
+  coreset.fasta         with --data: the selected records as in the input files (header line and
+                        residues unchanged; a table row as '>id' and its sequence cell)
+  coreset.tsv           with --data: index, id, score, stratum of every selected record
 
 Rules (DESIGN.md "Exact rules"): rank by (score descending, corpus index ascending). topk keeps the
 first k. cci drops the first floor(beta*n), splits [lo, hi] of the rest into K equal-width strata
@@ -79,8 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the coreset; the budget is still a count of records")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--data", nargs="*", default=None, metavar="PATH",
-                   help="also write coreset.fasta from the corpus: the input files in corpus "
-                        "order; with no PATH, the paths recorded in RUN/manifest.json")
+                   help="also write coreset.fasta (the selected records copied unchanged from "
+                        "these input files) and coreset.tsv: the input files in corpus order; "
+                        "with no PATH, the paths recorded in RUN/manifest.json")
     p.add_argument("--molecule", choices=("rna", "protein"), default=None,
                    help="corpus alphabet for --data (default: RUN/manifest.json's, else rna)")
     p.add_argument("--column", default=None,

@@ -81,3 +81,13 @@ def read_scores(scores_dir: Path) -> dict:
     cols = rs(scores_dir, columns=("index", "score", "length", "loss"))
     order = np.argsort(cols["index"])
     return {k: np.asarray(v)[order] for k, v in cols.items()}
+
+
+def read_scalars(directory) -> dict:
+    """{tag: [(step, value), ...]} of the TensorBoard event files in ``directory``, read back with
+    TensorBoard's own EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

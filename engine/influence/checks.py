@@ -9,6 +9,7 @@ from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.training.trackers import check_available
 
 
 def check_score_settings(s) -> None:
@@ -49,6 +50,7 @@ def check_score_settings(s) -> None:
     v.backend(s.backend)
     v.json_file("deepspeed_config", s.deepspeed_config)
     v.offload(s.offload, s.zero_stage)
+    check_available(s.report_to)   # a missing wandb / mlflow stops here, before any work
     check_model_inputs(s)
     if s.params:
         check_params_match(s.model, s.model_size, s.params)

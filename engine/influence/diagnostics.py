@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 from torch import nn
+
+# Spearman(score, length) lives with the scores (selection reports it too); re-exported here
+from bioprune.engine.io.length_bias import length_lines, length_spearman, spearman  # noqa: F401
 
 GROUPS = ("token_embeddings", "positional_embeddings", "attention_q", "attention_k",
           "attention_v", "attention_qkv", "attention_out", "feed_forward", "layer_norms",
@@ -65,55 +67,19 @@ def add_mass(acc: dict[str, float], mass: dict[str, float]) -> dict[str, float]:
     return acc
 
 
-def spearman(a, b) -> float:
-    """Spearman's ρ (average ranks for ties); nan with fewer than 2 distinct values."""
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
-def length_spearman(scores_dir, max_rows: int = 2_000_000) -> float:
-    """Spearman(score, length) over the parts of ``scores_dir`` (every row when there are at
-    most ``max_rows``, else the rows whose corpus index falls on a fixed stride)."""
-    from bioprune.engine.io import scores as scores_io
-
-    parts = scores_io.list_parts(scores_dir)
-    n = sum(scores_io.part_rows(p) for p in parts)
-    stride = max(1, -(-n // max_rows))
-    s, L = [], []
-    for p in parts:
-        cols = scores_io.read_scores(scores_dir, [p], ("index", "score", "length"))
-        keep = cols["index"] % stride == 0
-        s.append(cols["score"][keep])
-        L.append(cols["length"][keep])
-    if not s:
-        return float("nan")
-    return spearman(np.concatenate(s), np.concatenate(L))
-
-
-# thresholds of the end-of-run warnings: most of the score from one parameter group (the
+# threshold of the end-of-run warning: most of the score from one parameter group (the
 # feed-forward blocks hold about two thirds of a transformer's weights, and half the score mass
-# is usual for them: tiny ESM-C on NetSurfP, 50 %), or a score that mostly ranks by length
-# (|Spearman| 0.75 on that run)
+# is usual for them: tiny ESM-C on NetSurfP, 50 %); the length warning is shared with selection
 DOMINANT_SHARE = 0.75
-LENGTH_RHO = 0.5
 
 
 def summary_lines(contrib: dict[str, float], rho: float) -> list[str]:
     """The scoring run's closing summary: the largest score shares, Spearman(score, length),
     and a warning with what to do when either says the ranking is mostly one thing."""
     top = sorted(contrib.items(), key=lambda kv: -kv[1])[:3]
-    lines = ["score mass by parameter group: " + ", ".join(f"{g} {v:.0%}" for g, v in top),
-             f"Spearman(score, length) = {rho:+.2f}"]
+    lines = ["score mass by parameter group: " + ", ".join(f"{g} {v:.0%}" for g, v in top)]
     if top and top[0][1] > DOMINANT_SHARE:
         lines.append(f"warning: {top[0][0]} holds {top[0][1]:.0%} of the score mass, so the "
                      "ranking is mostly that group's; check it is meant (--params to choose the "
                      "scored parameters, --damping-alpha for the relative damping)")
-    if abs(rho) > LENGTH_RHO:
-        lines.append(f"warning: the score ranks largely by length (Spearman {rho:+.2f}); CCI's "
-                     "strata are then mostly length bins: compare with Random at the same "
-                     "rate, or stratify by length before selecting")
-    return lines
+    return lines + length_lines(rho)

@@ -40,7 +40,7 @@ RESULT_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint
 # run_identity.identity.
 RUN_ONLY_KEYS = ("out", "overwrite", "corpus_cache", "corpus_cache_local", "keep_adapt_checkpoints",
                  "micro_batch_size", "backend", "zero_stage", "offload", "deepspeed_config",
-                 "molecule", "on_invalid")
+                 "molecule", "on_invalid", "report_to")
 
 # ℓ(z) = mean MLM loss over one mask cover of 4 masks of 25 %, every chosen residue the mask
 # token: as stable as 28 training-style masks at 4 passes (README "Which score estimator")
@@ -271,7 +271,8 @@ def _finetune(run: _Run, adapted_dir: Path, t: float) -> None:
         seed=s.seed, max_residues=run.max_res, zero_stage=s.zero_stage,
         ds_config=s.deepspeed_config, grad_accum=glob // per_step, offload=s.offload)
     result = train(run.bundle, run.corpus, run.subset, settings,
-                   checkpoint_dir=run.out / "adapt_checkpoints", progress_desc="adapt")
+                   checkpoint_dir=run.out / "adapt_checkpoints", report_to=s.report_to,
+                   run_dir=run.out, progress_desc="adapt")
     engine = result.pop("engine")
     export_weights(engine, run.bundle, adapted_dir)
     distributed.barrier()    # every rank is past the export before its checkpoints go

@@ -23,6 +23,9 @@ class ModelInputs:
     molecule: str | None = None      # what the input holds; None = guess from the first records
     on_invalid: str = "error"        # bad records: "error" lists them, "skip" drops + counts them
     overwrite: bool = False          # start --out afresh instead of refusing another run's outputs
+    # where training curves go (training.trackers); here so that every run's settings carry it,
+    # like overwrite, and never in a run identity: it changes no result, a resume may change it
+    report_to: str = "tensorboard"
 
 
 def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path,

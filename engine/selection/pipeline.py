@@ -111,6 +111,7 @@ def run_selection(s: SelectSettings) -> SelectionResult:
     from bioprune.engine.selection.report import (FASTA, LENGTH_PLOT, TABLE,
                                                   plot_score_vs_length, write_fasta,
                                                   write_outputs, write_table)
+    from bioprune.engine.selection.summary import print_summary
 
     identity = begin_selection(s)    # every flag checked; another selection in --out refused
     if s.strategy == "cluster":
@@ -145,12 +146,15 @@ def run_selection(s: SelectSettings) -> SelectionResult:
                 if rep is not None:
                     write_cluster_table(stage / CLUSTERS, rep, corpus)
                 if not s.no_plot:   # score against length, picked samples highlighted
-                    plot_score_vs_length(s.scores, result.indices, stage / LENGTH_PLOT)
+                    plotted["rho"] = plot_score_vs_length(s.scores, result.indices,
+                                                          stage / LENGTH_PLOT)
 
+            plotted = {}
             write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
             print(f"selected {report['selected']:,} of {report['n']:,} ({s.strategy}) on "
                   f"{comm.world} rank(s) in {time.perf_counter() - t0:.2f} s -> "
                   f"{Path(s.out) / 'coreset.npy'}", flush=True)
+            print_summary(report, s.scores, plotted.get("rho"))
         except UsageError as e:        # --out taken meanwhile: by a lock or another selection
             err = str(e)
         except Exception as e:  # noqa: BLE001 - every rank must learn of it
@@ -278,6 +282,7 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
     from bioprune.engine.selection.cluster_table import write_cluster_table
     from bioprune.engine.selection.report import (FASTA, TABLE, write_fasta, write_outputs,
                                                   write_table)
+    from bioprune.engine.selection.summary import print_summary
 
     comm = Comm()
     t0 = time.perf_counter()
@@ -307,6 +312,7 @@ def run_cluster_selection(s: SelectSettings, identity: dict) -> SelectionResult:
             write_unit(s, identity, write)   # --out locked; replaces the old set as one unit
             print(f"selected {len(indices):,} of {n:,} (cluster, {report['clusters']:,} MMseqs2 "
                   f"clusters) -> {Path(s.out) / 'coreset.npy'}", flush=True)
+            print_summary(report)     # the scores were not used: no score lines
         except UsageError as e:        # --out taken meanwhile: by a lock or another selection
             err = str(e)
         except Exception as e:  # noqa: BLE001 - every rank must learn of it

@@ -5,7 +5,8 @@
                            picks, score summary, plot histogram
 - ``score_histogram.png``  log-count histogram of all scores (from the all-reduced bin counts) with
                            the strata edges, the hard cut-off and the picked mass
-- ``coreset.fasta``        with the corpus given
+- ``coreset.fasta``        with the corpus given: the chosen input records unchanged (header
+                           line and residues as in the input files)
 - ``coreset.tsv``          with the corpus given: index, id, score, stratum (CCI) per coreset
                            record, for joins on record ids (pandas, ``datasets.filter``, seqkit)
 - ``score_vs_length.png``  score against sequence length, picked samples highlighted, with
@@ -99,8 +100,11 @@ def write_table(corpus, indices, scores, report: dict, path) -> None:
 
 
 def write_fasta(corpus, indices, path) -> int:
-    """coreset.fasta through the corpus (its own writer is atomic)."""
-    return int(corpus.write_fasta(np.asarray(indices, dtype=np.int64), Path(path)))
+    """coreset.fasta: the chosen records as they stand in the inputs (header line and residues
+    byte for byte), re-read from them and checked against the corpus; atomic."""
+    from bioprune.engine.data.original_records import write_original_fasta
+
+    return write_original_fasta(corpus, np.asarray(indices, dtype=np.int64), Path(path))
 
 
 def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) -> float:
@@ -111,9 +115,8 @@ def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) ->
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
-
     from bioprune.engine.io import scores as scores_io
+    from bioprune.engine.io.length_bias import spearman
 
     parts = scores_io.list_parts(scores_dir)
     n = sum(scores_io.part_rows(p) for p in parts)
@@ -125,7 +128,7 @@ def plot_score_vs_length(scores_dir, picked, path, max_points: int = 200_000) ->
         for k in cols:
             cols[k].append(c[k][keep])
     idx, score, length = (np.concatenate(cols[k]) if cols[k] else np.empty(0) for k in cols)
-    rho = float(spearmanr(score, length).statistic) if len(score) > 1 else float("nan")
+    rho = spearman(score, length)
     sel = np.isin(idx, np.asarray(picked if picked is not None else [], dtype=np.int64))
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=110)
     ax.scatter(length[~sel], score[~sel], s=3, color="0.6", alpha=0.5, lw=0,

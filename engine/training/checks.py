@@ -11,6 +11,7 @@ from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.training.trackers import check_available
 
 # what determines the trained model (epochs / steps may grow: that resumes)
 IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
@@ -20,7 +21,8 @@ IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoi
 # identity by its digest; epochs / steps may grow; molecule / on_invalid come from
 # run_identity.identity
 RUN_ONLY_KEYS = ("out", "overwrite", "corpus_cache", "corpus_cache_local", "indices", "epochs",
-                 "steps", "save_steps", "save_total_limit", "offload", "molecule", "on_invalid")
+                 "steps", "save_steps", "save_total_limit", "offload", "molecule", "on_invalid",
+                 "report_to")
 
 
 def check_pretrain_settings(s) -> None:
@@ -43,6 +45,7 @@ def check_pretrain_settings(s) -> None:
     v.positive_int("save_total_limit", s.save_total_limit)
     v.json_file("deepspeed_config", s.deepspeed_config)
     v.offload(s.offload, s.zero_stage)
+    check_available(s.report_to)   # a missing wandb / mlflow stops here, not after the corpus
     check_model_inputs(s)
 
 

@@ -158,36 +158,42 @@ def evaluate(engine, bundle, corpus, indices: np.ndarray, settings: TrainSetting
 
 
 def train(bundle, corpus, indices: np.ndarray, settings: TrainSettings, *, checkpoint_dir=None,
-          heldout: np.ndarray | None = None, metrics_csv=None, tensorboard_dir=None,
-          progress_desc: str = "train") -> dict:
+          heldout: np.ndarray | None = None, metrics_csv=None, report_to: str = "none",
+          run_dir=None, progress_desc: str = "train") -> dict:
     """Train ``bundle.module`` on ``indices`` of ``corpus``; resume from ``checkpoint_dir``.
 
     A resumed run takes exactly the steps, on exactly the batches, of an unbroken one: it goes on
     from the checkpoint's optimizer step (an epoch's end, or where an earlier ``max_steps``
     stopped inside an epoch) and skips the batches of that epoch already taken.
+
+    Curves go to the ``report_to`` tracker under ``run_dir`` (:mod:`.trackers`), as stage
+    ``progress_desc``: train loss and learning rate per optimizer step, and each epoch's row of
+    ``metrics.csv`` at the step that ends it.
     """
+    from dataclasses import asdict
+
+    from bioprune.engine.training.trackers import open_tracker
+
     rank, world = distributed.rank(), distributed.world_size()
     engine = make_engine(bundle, settings)
     per_epoch = steps_per_epoch(len(indices), settings.micro_batch_size, world, settings.grad_accum)
     start = _resume(engine, checkpoint_dir, per_epoch, settings)
     start_step = engine.global_steps
-    writer = None
-    if tensorboard_dir and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(tensorboard_dir))
+    tracker = open_tracker(report_to if run_dir else "none", run_dir, progress_desc,
+                           asdict(settings))
     rows = _read_metrics(metrics_csv) if metrics_csv else []
     if start["train"]:   # the row of an epoch stopped part-way is rewritten when it ends
         rows = [r for r in rows if int(r["epoch"]) < start["epoch"]]
     t0 = time.time()
     seen = [0]
     engine.train()
-    with signals.deferred():   # a SIGTERM waits for the end of the step, then checkpoints there
-        _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, writer,
-                checkpoint_dir, heldout, metrics_csv, progress_desc, rank, world, seen)
+    try:
+        with signals.deferred():   # a SIGTERM waits for the end of the step, then checkpoints
+            _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, tracker,
+                    checkpoint_dir, heldout, metrics_csv, progress_desc, rank, world, seen)
+    finally:   # what was logged up to a signal or an error stays readable
+        tracker.close()
     seen = seen[0]
-    if writer:
-        writer.close()
     return {"engine": engine, "metrics": rows, "steps": engine.global_steps,
             "seconds": time.time() - t0, "sequences": seen, "start_epoch": start["epoch"],
             "start_step": start_step}
@@ -204,7 +210,7 @@ def _stop_asked(world: int, device) -> int | None:
     return signum or None
 
 
-def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, writer,
+def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, tracker,
             checkpoint_dir, heldout, metrics_csv, progress_desc, rank, world, seen) -> None:
     """The epochs of :func:`train` (``seen[0]`` counts the sequences), checkpointing at each
     epoch's end, every ``save_steps`` and where a signal asks to stop."""
@@ -222,6 +228,7 @@ def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, w
         run_loss, n_loss = (start["loss_sum"], start["loss_count"]) if skip else (0.0, 0)
         t_epoch = time.time()
         last_step = engine.global_steps
+        step_losses = []   # the micro-batches of the optimizer step under way
         for idx in bar:
             # new masks every epoch: the mask seed moves with the epoch, crops stay put
             b = make_batch(corpus, idx, bundle, settings.seed, settings.max_residues,
@@ -231,16 +238,19 @@ def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, w
             engine.step()
             run_loss += loss.item()  # (a mean over micro-batches; a step is grad_accum of them)
             n_loss += 1
+            step_losses.append(loss.item())
             seen[0] += len(idx) * world
             if rank == 0:
                 bar.set_postfix(loss=f"{run_loss / n_loss:.3f}",
                                 seq_s=f"{len(idx) * world * n_loss / (time.time() - t_epoch):.1f}")
-            if writer:
-                writer.add_scalar("train/loss", loss.item(), engine.global_steps)
-                writer.add_scalar("train/lr", engine.get_lr()[0], engine.global_steps)
+            stepped = engine.global_steps != last_step
+            if stepped:   # one point per optimizer step: the mean of its micro-batches
+                tracker.log({"train/loss": sum(step_losses) / len(step_losses),
+                             "train/lr": engine.get_lr()[0]}, engine.global_steps)
+                step_losses = []
             if settings.max_steps and engine.global_steps >= settings.max_steps:
                 break   # compute-matched: the last epoch stops at the step budget
-            if engine.global_steps == last_step:
+            if not stepped:
                 continue   # inside a gradient accumulation: checkpoints only between steps
             last_step = engine.global_steps
             signum = _stop_asked(world, engine.device)
@@ -259,10 +269,9 @@ def _epochs(engine, bundle, corpus, indices, settings, start, per_epoch, rows, w
         if heldout is not None and len(heldout):
             row.update(evaluate(engine, bundle, corpus, heldout, settings))
         rows.append(row)
-        if writer:
-            for k, v in row.items():
-                if k not in ("epoch", "step"):
-                    writer.add_scalar(f"epoch/{k}", v, epoch)
+        # at the step that ends the epoch, on the same axis as train/loss
+        tracker.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step")},
+                    engine.global_steps)
         if rank == 0 and metrics_csv:
             _write_metrics(metrics_csv, rows)
         if checkpoint_dir:

@@ -123,8 +123,8 @@ def run_pretraining(s: PretrainSettings) -> Path:
         manifest.set("corpus_digest", corpus.content_digest())
         manifest.save()
     result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
-                   heldout=heldout, metrics_csv=out / "metrics.csv",
-                   tensorboard_dir=out / "tensorboard", progress_desc="pretrain")
+                   heldout=heldout, metrics_csv=out / "metrics.csv", report_to=s.report_to,
+                   run_dir=out, progress_desc="pretrain")
     export_weights(result["engine"], bundle, out / "final")
     if rank == 0:
         _record(manifest, result, t0)

@@ -124,6 +124,9 @@ CASES = [
     ("corpus-cache-is-a-file", "score", SCORE + ["--corpus-cache", "{file}"], "--corpus-cache", 2),
     ("deepspeed-config-missing", "score", SCORE + ["--deepspeed_config", "{tmp}/nope.json"], "--deepspeed_config", 2),
     ("deepspeed-config-not-json", "score", SCORE + ["--deepspeed_config", "{ds_bad}"], "not valid JSON", 2),
+    # --- an optional tracker that is not installed (wandb and mlflow are not in the lock)
+    ("report-to-wandb-missing", "score", SCORE + ["--report-to", "wandb"], "--report-to wandb: the 'wandb' package is not installed; pip install wandb", 2),
+    ("report-to-mlflow-missing", "pretrain", PRETRAIN + ["--report-to", "mlflow"], "pip install mlflow", 2),
     # --- sizes and rates
     ("subset-size-zero", "score", SCORE + ["--subset-size", "0"], "--subset-size 0: must be an integer >= 1", 2),
     ("subset-fraction-above-one", "score", SCORE + ["--subset-fraction", "1.5"], "--subset-fraction 1.5: must be a finite number > 0 and <= 1", 2),

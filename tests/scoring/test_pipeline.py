@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from pipeline_utils import command, data_dir, env, read_scores, run, small_corpus
+from pipeline_utils import command, data_dir, env, read_scalars, read_scores, run, small_corpus
 
 # every test runs launch/score.py (most share the module fixture `one_rank`, one scoring run)
 pytestmark = [pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data"),
@@ -79,6 +79,9 @@ def test_run_directory_is_complete(one_rank, corpus_files):
     assert s["loss"].dtype == np.float32
     assert np.isfinite(s["score"]).all() and (s["score"] > 0).all()
     assert int((out / "scores" / "_SUCCESS").read_text().split()[0]) == n
+    # --report-to tensorboard (the default): the adaptation's curves, read back
+    tb = read_scalars(out / "tensorboard" / "adapt")
+    assert [step for step, _ in tb["train/loss"]] == [1, 2] and "epoch/train_loss" in tb
     fisher = load_file(str(out / "fisher.safetensors"))
     assert set(fisher) == set(m["parameters"]["names"])
     assert m["counts"]["fisher_nonzero"] == sum(int((f != 0).sum()) for f in fisher.values())
@@ -90,6 +93,8 @@ def test_two_ranks_give_the_scores_and_coreset_of_one(one_rank, corpus_files, tm
     run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out2)], ranks=2)
     m = json.loads((out2 / "manifest.json").read_text())
     assert m["world_size"] == 2
+    # rank 0 alone logs the adaptation: one event file
+    assert len(list((out2 / "tensorboard" / "adapt").glob("events.out.tfevents.*"))) == 1
     s1, s2 = read_scores(one_rank / "scores"), read_scores(out2 / "scores")
     np.testing.assert_array_equal(s1["index"], s2["index"])
     np.testing.assert_array_equal(s1["length"], s2["length"])
@@ -137,13 +142,16 @@ def test_sigkill_midway_then_resume(one_rank, corpus_files, tmp_path):
     out = tmp_path / "killed"
     scores = out / "scores"
     proc = _start_until_parts(command("score.py", ["--data", *corpus_files, *SCORE_ARGS,
-                                                   "--out", str(out)]), scores, 3)
+                                                   "--report-to", "none", "--out", str(out)]),
+                              scores, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     parts = sorted(scores.glob("part-*.parquet"))
     assert 3 <= len(parts) < 10 and not (scores / "_SUCCESS").exists()
+    assert not (out / "tensorboard").exists()     # --report-to none: the adaptation logged nothing
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts}
 
+    # resumed with another --report-to (the default): not part of the run identity
     run("score.py", ["--data", *corpus_files, *SCORE_ARGS, "--out", str(out)])
     for name, stamp in stamps.items():
         p = scores / name
@@ -271,6 +279,9 @@ def test_protein_corpus_with_esmc_without_finetuning(tmp_path):
     run("select_coreset.py", ["--scores", str(out / "scores"), "--strategy", "random",
                               "--budget", "5", "--out", str(out / "random"), "--data"])
     coreset = np.load(out / "random" / "coreset.npy")
-    headers = [ln for ln in (out / "random" / "coreset.fasta").read_text().splitlines()
-               if ln.startswith(">")]
-    assert len(coreset) == 5 and [int(h.split("index=")[1]) for h in headers] == coreset.tolist()
+    # table rows: '>id' and the sequence cell as given
+    import pandas as pd
+
+    rows = pd.read_csv(table)
+    want = "".join(f">{rows.id[i]}\n{rows.sequence[i]}\n" for i in coreset)
+    assert len(coreset) == 5 and (out / "random" / "coreset.fasta").read_text() == want

@@ -387,7 +387,9 @@ def test_cli_bad_inputs(tmp_path, capsys):
 
 
 def _fasta(path, n):
-    path.write_text("".join(f">seq{i}\n{'ACGU'[i % 4] * (3 + i % 5)}\n" for i in range(n)))
+    """Records with descriptions, lower-case residues and T (the corpus stores ACGU)."""
+    path.write_text("".join(f">seq{i} sample {i} of the corpus\n{'ACGTacgu'[i % 8] * (3 + i % 5)}\n"
+                            for i in range(n)))
     return path
 
 
@@ -399,8 +401,15 @@ def test_cli_fasta(run_dir, tmp_path, capsys):
     assert cli.main(["--scores", str(run / "scores"), "--strategy", "topk", "--budget", "7",
                      "--out", str(out), "--data", str(fa), "--no-plot"]) == 0
     core = np.load(out / "coreset.npy")
-    heads = [ln for ln in (out / "coreset.fasta").read_text().splitlines() if ln.startswith(">")]
-    assert heads == [f">seq{i} index={i}" for i in core]
+    # the input's records byte for byte: header line (id and description) and residues as given
+    records = [">" + r for r in fa.read_text().split(">")[1:]]
+    assert (out / "coreset.fasta").read_text() == "".join(records[i] for i in core)
+    from Bio import SeqIO
+
+    src = list(SeqIO.parse(fa, "fasta"))
+    got = list(SeqIO.parse(out / "coreset.fasta", "fasta"))
+    assert [(r.description, str(r.seq)) for r in got] == \
+        [(src[i].description, str(src[i].seq)) for i in core]
     assert (out / "corpus" ).is_dir()                  # no manifest: cache under --out
     # the manifest next to the scores names the corpus: --data with no paths
     (run / "manifest.json").write_text(json.dumps({"corpus": {
@@ -476,3 +485,38 @@ def test_cli_coreset_table_keys_the_coreset_by_id(run_dir, tmp_path):
                         "--out", str(out2), "--data", str(fa), "--no-plot"]) == 0
     t2 = pd.read_csv(out2 / "coreset.tsv", sep="\t")
     assert len(t2) == 5 and t2["score"].isna().all() and t2["stratum"].isna().all()
+
+
+def test_cli_prints_a_summary_that_warns_when_scores_rank_by_length(run_dir, tmp_path, capsys):
+    """The closing summary: n selected / N, budget, CCI's cut-off and picks per stratum, the
+    coreset's score range against the corpus's, and Spearman(score, length) from the scoring
+    run's manifest with the scoring summary's warning above |0.5|."""
+    run, idx, score = run_dir
+    (run / "manifest.json").write_text(json.dumps({"length_spearman": -0.8}))
+    argv = ["--scores", str(run), "--strategy", "cci", "--budget", "100", "--strata", "10",
+            "--seed", "3", "--no-plot"]
+    assert _cli().main([*argv, "--out", str(tmp_path / "cci")]) == 0
+    out = capsys.readouterr().out
+    _, det = ref_cci(idx, score, 100, 0.05, 10, 3)
+    assert "cci: 100 of 1,200 selected (8.33%), budget 100" in out
+    assert "hard cut-off 0.05: the 60 highest scores dropped" in out
+    cells = " ".join(f"{p}/{s}" for p, s in zip(det["picks"], det["sizes"]))
+    assert f"    0-9   {cells}\n" in out
+    core = score[np.isin(idx, np.load(tmp_path / "cci" / "coreset.npy"))]
+    assert (f"scores: coreset {core.min():.4g} .. {core.max():.4g} (mean {core.mean():.4g}); "
+            f"corpus {score.min():.4g} .. {score.max():.4g}") in out
+    assert "Spearman(score, length) = -0.80" in out
+    assert "warning: the score ranks largely by length (Spearman -0.80)" in out
+    assert "--strategy random" in out
+    # a weak length correlation: said, no warning; none known (no manifest, constant lengths
+    # in the plot): no line
+    (run / "manifest.json").write_text(json.dumps({"length_spearman": 0.1}))
+    assert _cli().main([*argv, "--out", str(tmp_path / "cci2")]) == 0
+    out = capsys.readouterr().out
+    assert "Spearman(score, length) = +0.10" in out and "warning" not in out
+    (run / "manifest.json").unlink()
+    assert _cli().main(["--scores", str(run), "--strategy", "topk", "--budget", "7",
+                        "--out", str(tmp_path / "top")]) == 0
+    out = capsys.readouterr().out
+    assert "topk: 7 of 1,200 selected (0.58%)" in out and "Spearman" not in out
+    assert "picks per stratum" not in out

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bioprune.engine.models import build_model, load_saved_model
-from pipeline_utils import data_dir, run, small_corpus
+from pipeline_utils import data_dir, read_scalars, run, small_corpus
 
 # every test runs launch/pretrain.py (one rank)
 pytestmark = [pytest.mark.skipif(not (data_dir() / "rna").exists(), reason="no sample data"),
@@ -37,7 +37,7 @@ def test_pretrain_zero3_resume_and_export(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert all(float(r["heldout_ppl"]) > 1 and float(r["heldout_loss"]) > 0 for r in rows)
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard" / "pretrain").glob("events.out.tfevents.*"))
     trained = load_saved_model(out / "final")   # a plain state dict, no DeepSpeed needed
     torch.manual_seed(0)
     fresh = build_model("rnafm", "tiny")
@@ -97,8 +97,10 @@ def test_pretrain_extended_steps_match_an_unbroken_run(tmp_path):
               "--seed", "1"]
     unbroken, extended = tmp_path / "unbroken", tmp_path / "extended"
     run("pretrain.py", [*common, "--out", str(unbroken), "--steps", "17"])
-    run("pretrain.py", [*common, "--out", str(extended), "--steps", "9"])
+    run("pretrain.py", [*common, "--out", str(extended), "--steps", "9", "--report-to", "none"])
     assert _epoch_rows(extended)[-1][:2] == (1, 9)
+    assert not (extended / "tensorboard").exists()          # none: no tracker files at all
+    # another --report-to changes no result: the run resumes (tensorboard, the default)
     run("pretrain.py", [*common, "--out", str(extended), "--steps", "17"])
 
     a = json.loads((unbroken / "manifest.json").read_text())
@@ -115,6 +117,13 @@ def test_pretrain_extended_steps_match_an_unbroken_run(tmp_path):
     assert wa.keys() == wb.keys()
     off = {k: (wa[k] - wb[k]).abs().max().item() for k in wa if not torch.equal(wa[k], wb[k])}
     assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-6) for k in wa), off
+    # TensorBoard: a train loss per optimizer step, each epoch's metrics at the step ending it
+    tb = read_scalars(unbroken / "tensorboard" / "pretrain")
+    assert [step for step, _ in tb["train/loss"]] == list(range(1, 18))
+    assert [step for step, _ in tb["epoch/heldout_loss"]] == [7, 14, 17]
+    assert np.allclose([v for _, v in tb["epoch/train_loss"]], [r[2] for r in rows_a], rtol=1e-6)
+    resumed = read_scalars(extended / "tensorboard" / "pretrain")
+    assert [step for step, _ in resumed["train/loss"]] == list(range(10, 18))
 
     # --steps may grow, not shrink below the checkpoint; any other setting still refuses the
     # directory; neither refusal touches the finished run's manifest
