@@ -309,3 +309,29 @@ def test_parameter_groups_name_every_group_of_rnafm():
     esmc, _ = _setup("esmc")
     ge = parameter_groups(esmc.module, trainable_parameters(esmc.module))
     assert "other" not in ge.values()
+
+
+def test_a_run_never_resumes_under_another_mask_plan(tmp_path):
+    """The resolved mask plan is part of the run identity: the same flags under a default that
+    changed between versions (here the old 7-mask 80/10/10 cover) are refused, masks named."""
+    from bioprune.engine.influence.checks import begin_scoring
+    from bioprune.engine.influence.pipeline import RESULT_KEYS
+    from bioprune.engine.runtime import lock
+    from bioprune.engine.runtime.errors import UsageError
+
+    fa = tmp_path / "c.fasta"
+    fa.write_text(">a\nACGUACGU\n>b\nGGAUCCA\n")
+    s = ScoreSettings(data=[str(fa)], out=str(tmp_path / "run"))
+    plan = mask_plan(s).describe()
+    try:
+        assert begin_scoring(s, RESULT_KEYS, plan) is None          # a new run: opened
+    finally:
+        lock.release_all()
+    (tmp_path / "run" / "scores").mkdir()    # the run has produced something: its identity binds
+    old = {k: v for k, v in plan.items() if k != "mask_only"} | {"copies": 7, "rate": 0.15}
+    try:
+        with pytest.raises(UsageError, match="masks"):
+            begin_scoring(s, RESULT_KEYS, old)
+        assert begin_scoring(s, RESULT_KEYS, plan) is None          # the same plan resumes
+    finally:
+        lock.release_all()
