@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from bioprune.engine.data.alphabets import Alphabet, get_alphabet
-from bioprune.engine.data.readers import (CorpusError, InputSpec, RawBatch, iter_batches,
-                                          resolve_input)
+from bioprune.engine.data.read_input import iter_batches
+from bioprune.engine.data.readers import CorpusError, InputSpec, RawBatch, resolve_input
 from bioprune.engine.data.corpus_cache import (META, as_paths, describe_mismatch, identity_of_meta,
                                               input_identity, read_meta)
 from bioprune.engine.io.atomic import write_json, write_text

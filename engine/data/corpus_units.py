@@ -29,7 +29,8 @@ from bioprune.engine.data.corpus_build import (MAX_LISTED, _add_hist, _check_fil
                                                _corpus_meta, _file_meta, _fill_ids,
                                                _raise_listed, _too_many_invalid, _tsv_field,
                                                _Writer)
-from bioprune.engine.data.readers import CorpusError, InputSpec, iter_batches
+from bioprune.engine.data.read_input import iter_batches
+from bioprune.engine.data.readers import CorpusError, InputSpec
 
 #: files smaller than twice this stay one unit (a range costs a seek and a partial chunk)
 MIN_UNIT_BYTES = 32 << 20

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bioprune.engine.data.readers import CorpusError, iter_batches, resolve_input
+from bioprune.engine.data.read_input import iter_batches
+from bioprune.engine.data.readers import CorpusError, resolve_input
 
 NUCLEOTIDE = b"ACGTUNacgtun"
 # letters that are residues of protein but neither a nucleotide nor an IUPAC nucleotide code

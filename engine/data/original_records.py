@@ -23,8 +23,8 @@ import numpy as np
 
 from bioprune.engine.data.alphabets import get_alphabet
 from bioprune.engine.data.corpus_build import REJECTED, _normalise, _RecordProblem
-from bioprune.engine.data.readers import (_WS, CorpusError, InputSpec, RawBatch, iter_batches,
-                                          resolve_input)
+from bioprune.engine.data.read_input import iter_batches
+from bioprune.engine.data.readers import _WS, CorpusError, InputSpec, RawBatch, resolve_input
 from bioprune.engine.io.atomic import atomic_path
 
 _BOM = b"\xef\xbb\xbf"

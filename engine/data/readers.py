@@ -22,7 +22,6 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -34,7 +33,6 @@ __all__ = [
     "InputSpec",
     "RawBatch",
     "resolve_input",
-    "iter_batches",
     "FASTA_EXTENSIONS",
     "TABLE_EXTENSIONS",
 ]
@@ -225,25 +223,3 @@ def _check_not_gzip(spec: InputSpec) -> None:
     if magic == b"\x1f\x8b":
         raise CorpusError("the file is gzip-compressed but its name does not end in .gz",
                           path=spec.display, hint="rename it to end in .gz")
-
-
-def iter_batches(spec: InputSpec, column: str = "sequence", id_column: str | None = None, *,
-                 chunk_bytes: int = 8 << 20, batch_rows: int = 65536,
-                 byte_range: tuple[int, int | None] | None = None,
-                 row_groups: tuple[int, int] | None = None) -> Iterator[RawBatch]:
-    """Yield the records of one input, in file order, as RawBatch objects; of a plain FASTA
-    file only those of ``byte_range`` [start, end) (see ``_fasta_batches``), of a Parquet file
-    only the row groups [first, stop) of ``row_groups`` (the parallel build's units)."""
-    from bioprune.engine.data.read_fasta import _fasta_batches
-    from bioprune.engine.data.read_tables import _csv_batches, _hf_batches, _parquet_batches
-
-    if spec.format == "fasta":
-        yield from _fasta_batches(spec, chunk_bytes, *(byte_range or (0, None)))
-    elif spec.format in ("csv", "tsv"):
-        yield from _csv_batches(spec, column, id_column, chunk_bytes)
-    elif spec.format == "parquet":
-        yield from _parquet_batches(spec, column, id_column, batch_rows, row_groups)
-    elif spec.format == "hf":
-        yield from _hf_batches(spec, column, id_column, batch_rows)
-    else:  # pragma: no cover
-        raise CorpusError(f"unknown format {spec.format!r}", path=spec.display)

@@ -55,7 +55,7 @@ def load_encoder(s: EvalSettings):
             if not run.is_dir():
                 raise EvalError(f"--run {s.run}: no such directory")
             d = find_run_weights(run)
-            from bioprune.engine.models.checkpoint import saved_model_kind
+            from bioprune.engine.models.saved import saved_model_kind
 
             model, size = saved_model_kind(json.loads((d / "config.json").read_text()))
             # an hf: directory has no size of ours; its architecture is the directory itself

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from bioprune.engine.models.bundle import ModelBundle, init_from_scratch
+from bioprune.engine.models.checkpoint import load_weights
 
 # ESM-2's vocabulary (fair-esm's Alphabet "ESM-1b" order, as in the published tokenizer files)
 ESM2_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I",
@@ -128,8 +129,6 @@ def build_hf(path: str, checkpoint: str | None = None, *, name: str = "hf",
 
 
 def _bundle(net, tokenizer, name: str, size: str, checkpoint, fresh: bool) -> ModelBundle:
-    from bioprune.engine.models.checkpoint import load_weights
-
     vocab = tokenizer.get_vocab()
     molecule = molecule_of_vocab(vocab)
     module = HfMLM(net, tokenizer.pad_token_id)

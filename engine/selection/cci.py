@@ -7,14 +7,14 @@ import numpy as np
 
 from bioprune.engine.runtime.collectives import chunks
 from bioprune.engine.runtime.hashing import SELECT, hash_keys
-from bioprune.engine.selection.exact import _cat, _radix_candidates, _Selection
 from bioprune.engine.selection.radix import KEEP, TAKE, lut_from_hist, radix_take
 from bioprune.engine.selection.rules import strata_budgets, stratum_edges, stratum_of
+from bioprune.engine.selection.state import Selection, concat, radix_candidates
 
 _SBITS = 8          # first digit of the within-stratum keys: K x 256 bins stay in the CPU caches
 
 
-def cci_picks(run: _Selection) -> np.ndarray:
+def cci_picks(run: Selection) -> np.ndarray:
     """CCI after the cut-off's first radix round (``lut1`` over the ranking digits ``top``: TAKE
     = surely cut; the candidates' radix rounds give the rest of the cut). Strata over the
     retained range [gmin, hi], budgets by Algorithm 1, hashed picks inside each stratum.
@@ -22,7 +22,7 @@ def cci_picks(run: _Selection) -> np.ndarray:
     comm, index, score, top, lut1 = run.comm, run.index, run.score, run.top, run.lut1
     n, budget, beta, K, seed, c = run.n, run.budget, run.beta, run.K, run.seed, run.c
     lo, hi = run.gmin, float(run.vals[-1])
-    cut_keep = np.sort(run.keep_pos[_radix_candidates(run)])
+    cut_keep = np.sort(run.keep_pos[radix_candidates(run)])
     run.take_pos = run.keep_pos = None
     report, lap = run.report, run.lap
     N = index.size
@@ -60,8 +60,8 @@ def cci_picks(run: _Selection) -> np.ndarray:
             nz += a
             take_parts.append(nz[sv == TAKE])
             keep_parts.append(nz[sv == KEEP])
-    take_pos = _cat(take_parts)
-    keep_pos = _cat(keep_parts)
+    take_pos = concat(take_parts)
+    keep_pos = concat(keep_parts)
     lap("pass_picks")
     grp = (codes[keep_pos] // nb).astype(np.int64)
     ckey = hash_keys(seed, index[keep_pos], SELECT)

@@ -38,14 +38,16 @@ from bioprune.engine.io.scores import ScoresError
 from bioprune.engine.runtime.collectives import Comm, chunks, raise_together
 from bioprune.engine.runtime.malloc import numpy_passes
 from bioprune.engine.runtime.index_check import check_permutation, nonfinite_error
+from bioprune.engine.selection.cci import cci_picks
 from bioprune.engine.selection.radix import (
     KEEP, NBINS, NONFINITE_DIGITS, TAKE, decode_desc, encode_desc, key_digits, lut_from_hist,
-    radix_take, radix_values,
+    radix_values,
 )
 from bioprune.engine.selection.rules import (
     STRATEGIES, SelectionError, budget_range, check_budget, check_strata, cut_size,
     quantile_rank,
 )
+from bioprune.engine.selection.state import Selection, concat, radix_candidates
 
 QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 HIST_BINS = 100
@@ -91,68 +93,20 @@ def select(index, score, strategy: str, budget: int, hard_cutoff: float = 0.05,
     (``local_indices``).
     """
     with numpy_passes():   # chunk temporaries on the heap; the previous setting back after
-        run = _Selection(comm or Comm(), strategy, int(seed), hist_bins, tuple(quantiles))
+        run = Selection(comm or Comm(), strategy, int(seed), hist_bins, tuple(quantiles))
         _check_request(run, index, score, budget, hard_cutoff, strata, n, validate)
         _pass_stats(run)
         _first_round(run)
         _order_statistics(run)
         if strategy == "cci":
-            from bioprune.engine.selection.cci import cci_picks   # builds on this module's passes
-
             sel_pos = cci_picks(run)
         else:   # Top-I and Random: the surely taken plus the radix-selected candidates
-            sel_pos = np.concatenate([run.take_pos, run.keep_pos[_radix_candidates(run)]])
+            sel_pos = np.concatenate([run.take_pos, run.keep_pos[radix_candidates(run)]])
         run.top = None
         return _result(run, sel_pos, gather)
 
 
-@dataclasses.dataclass
-class _Selection:
-    """State shared by the passes of one :func:`select` call (all local to this rank, except the
-    all-reduced statistics)."""
-    comm: Comm
-    strategy: str
-    seed: int
-    hist_bins: int
-    quantiles: tuple
-    index: np.ndarray = None
-    score: np.ndarray = None
-    n: int = 0
-    budget: int = 0
-    beta: float = 0.0
-    K: int = 0
-    c: int = 0                      # CCI: samples dropped by the hard cut-off
-    top: np.ndarray = None          # first 16-bit digit of every local ranking key
-    h: np.ndarray = None            # all-reduced histogram of ``top`` (+ Random's key digits)
-    codes16: np.ndarray = None      # Random: first 16-bit digit of every local random key
-    gmin: float = 0.0
-    gmax: float = 0.0
-    ssum: float = 0.0
-    lut1: np.ndarray = None         # first-round TAKE/KEEP table of the main selection
-    left1: list = None
-    take_pos: np.ndarray = None     # local positions surely taken (CCI: surely cut)
-    keep_pos: np.ndarray = None     # local positions still candidates
-    v_digit: list = None            # order statistics: their first digit, rank inside it,
-    v_need: list = None             # and their local candidate positions
-    v_pos: np.ndarray = None
-    vals: np.ndarray = None         # order statistic values (quantiles, then CCI's hi)
-    hist_counts: np.ndarray = None
-    report: dict = dataclasses.field(default_factory=dict)
-    timings: dict = dataclasses.field(default_factory=dict)
-    t_start: float = dataclasses.field(default_factory=time.perf_counter)
-    tick: float = dataclasses.field(default_factory=time.perf_counter)
-
-    @property
-    def random(self) -> bool:
-        return self.strategy == "random"
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self.tick, 4)
-        self.tick = now
-
-
-def _check_request(run: _Selection, index, score, budget, hard_cutoff, strata, n, validate):
+def _check_request(run: Selection, index, score, budget, hard_cutoff, strata, n, validate):
     """Inputs, strategy, budget and the corpus indices, agreed on every rank before heavy work."""
     comm, err = run.comm, None
     try:
@@ -184,7 +138,7 @@ def _check_request(run: _Selection, index, score, budget, hard_cutoff, strata, n
     run.lap("check_indices")
 
 
-def _pass_stats(run: _Selection) -> None:
+def _pass_stats(run: Selection) -> None:
     """Pass A: min / max / sum; the first 16-bit digit of the ranking key of every sample (kept
     as uint16: the later passes need no re-encoding) and its histogram; for Random also the
     first digit of the random keys."""
@@ -218,7 +172,7 @@ def _pass_stats(run: _Selection) -> None:
     run.ssum = float(comm.allreduce(np.array([sm], dtype=np.float64))[0])
 
 
-def _first_round(run: _Selection) -> None:
+def _first_round(run: Selection) -> None:
     """The first radix round of the main selection (Top-I: the k best; CCI: the c best, which
     are dropped; Random: the m smallest keys) and pass X: plot histogram, surely taken /
     candidate / order-statistic positions."""
@@ -260,12 +214,12 @@ def _first_round(run: _Selection) -> None:
             keep_parts.append(nz[(sv & 3) == KEEP])
             v_parts.append(nz[(sv & 4) != 0])
     run.codes16 = None
-    run.take_pos, run.keep_pos, run.v_pos = _cat(take_parts), _cat(keep_parts), _cat(v_parts)
+    run.take_pos, run.keep_pos, run.v_pos = concat(take_parts), concat(keep_parts), concat(v_parts)
     run.hist_counts = run.comm.allreduce(hist_counts)
     run.lap("pass_first_round")
 
 
-def _order_statistics(run: _Selection) -> None:
+def _order_statistics(run: Selection) -> None:
     """The quantiles (and CCI's hi) by value, by radix selection among their candidates."""
     v_top = run.top[run.v_pos]
     by_digit = {d: encode_desc(run.score[run.v_pos[v_top == d]]) for d in sorted(set(run.v_digit))}
@@ -276,21 +230,7 @@ def _order_statistics(run: _Selection) -> None:
     run.lap("order_statistics")
 
 
-def _radix_candidates(run: _Selection) -> np.ndarray:
-    """The remaining radix rounds of the main selection on the candidates; returns the mask of
-    the candidates taken."""
-    keep = run.keep_pos
-    if run.random:
-        ckey = hash_keys(run.seed, run.index[keep], SELECT)
-    else:
-        ckey = encode_desc(run.score[keep])
-    m = radix_take(run.comm, ckey, run.index[keep], np.zeros(keep.size, np.int64), run.left1,
-                   run.n, 48)
-    run.lap("radix_rounds")
-    return m
-
-
-def _result(run: _Selection, sel_pos: np.ndarray, gather: bool) -> SelectionResult:
+def _result(run: Selection, sel_pos: np.ndarray, gather: bool) -> SelectionResult:
     """Picked histogram, summaries, and the selected indices gathered to rank 0."""
     comm, score, budget = run.comm, run.score, run.budget
     span = run.gmax - run.gmin
@@ -360,9 +300,3 @@ def _hist_edges(gmin, gmax, B):
     if gmax <= gmin:
         return [float(gmin) - 0.5 + j / B for j in range(B + 1)]
     return [float(gmin + (gmax - gmin) * j / B) for j in range(B + 1)]
-
-
-def _cat(parts, dtype=np.int64):
-    if not parts:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate(parts).astype(dtype, copy=False)

@@ -193,7 +193,8 @@ def _fasta_to_parquet(fa: Path, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bioprune.engine.data.readers import iter_batches, resolve_input
+    from bioprune.engine.data.read_input import iter_batches
+    from bioprune.engine.data.readers import resolve_input
 
     print(f"writing {out} ...", flush=True)
     tmp = out.with_suffix(".part")

@@ -19,7 +19,8 @@ import pytest
 
 from bioprune.engine.data.corpus import CorpusError, load_corpus
 from bioprune.engine.data.corpus_units import plan_units
-from bioprune.engine.data.readers import iter_batches, resolve_input
+from bioprune.engine.data.read_input import iter_batches
+from bioprune.engine.data.readers import resolve_input
 from bioprune.engine.data.paths import data_dir
 
 ARRAYS = ("residues.u8", "offsets.i64", "lengths.i32", "ids.u8", "id_offsets.i64")
