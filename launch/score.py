@@ -18,7 +18,7 @@ import sys
 from bioprune.engine.cli import (HelpFormatter, add_data_args, add_deepspeed_args, add_model_args,
                                  add_report_arg, add_run_args, main_of, model_inputs,
                                  settings_from_args)
-from bioprune.engine.influence.pipeline import ScoreSettings, run_scoring
+from bioprune.engine.influence.pipeline import CORRUPTIONS, ScoreSettings, run_scoring
 from bioprune.engine.influence.damping import DEFAULT_ALPHA, DEFAULT_EXCLUDE_BELOW
 
 
@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the share of residues each mask hides: with --mask-draws default 0.15 "
                         "(the MLM rate); with covers default 0.25 (4 masks a cover; 0.15 gives "
                         "the 7 masks of earlier versions)")
-    g.add_argument("--mask-corruption", choices=("mask", "bert"), default="mask",
+    g.add_argument("--mask-corruption", choices=CORRUPTIONS, default="mask",
                    help="what a masked residue becomes: mask = the mask token (default; removes "
                         "the noise of random and kept residues), bert = training's 80%% mask "
                         "token / 10%% random residue / 10%% kept")

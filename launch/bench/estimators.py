@@ -84,15 +84,13 @@ def fisher_weights(bundle, corpus, params, subset, plan, micro_batch: int):
     return dmp.influence_weights(fisher, dmp.Damping(), "cpu")
 
 
-def score_once(bundle, corpus, params, subset, plan, micro_batch: int,
-               weights=None) -> tuple[np.ndarray, float]:
-    """(scores of every sequence, scoring seconds per sequence) with the production passes;
-    ``weights``: the influence weights (default: the Fisher with ``plan``'s own masks)."""
+def score_once(bundle, corpus, params, subset, plan, micro_batch: int) -> tuple[np.ndarray, float]:
+    """(scores of every sequence, scoring seconds per sequence) with the production passes, the
+    influence weights from the Fisher with ``plan``'s own masks."""
     from bioprune.engine.influence.passes import Scorer
 
     per_batch = max(1, micro_batch // plan.copies)
-    if weights is None:
-        weights = fisher_weights(bundle, corpus, params, subset, plan, micro_batch)
+    weights = fisher_weights(bundle, corpus, params, subset, plan, micro_batch)
     t = time.time()
     with Scorer(bundle, params, weights, seed=0, max_residues=10**6, device="cpu",
                 masks=plan) as scorer:
