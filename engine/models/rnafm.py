@@ -12,6 +12,7 @@ from torch import nn
 
 from bioprune.engine.models.bundle import ModelBundle, init_from_scratch, residue_lut
 from bioprune.engine.models.checkpoint import load_weights
+from bioprune.engine.models.fm_attention import use_sdpa
 
 RNAFM_SIZES = {
     "tiny": dict(layers=2, embed_dim=64, ffn_embed_dim=128, attention_heads=4),
@@ -32,13 +33,11 @@ class RnaFmMLM(nn.Module):
         # exactly the ones the loss depends on, and DeepSpeed does not wait for its gradients.
         for p in self.net.contact_head.parameters():
             p.requires_grad_(False)
-        # fm's attention has a fast path through F.multi_head_attention_forward that bypasses the
-        # q/k/v/out projection modules, and so their hooks. The explicit path computes the same
-        # function with the projections as modules; use it everywhere (training too) so training
-        # and scoring run the same code.
-        for m in self.net.modules():
-            if hasattr(m, "enable_torch_version"):
-                m.enable_torch_version = False
+        # Attention through SDPA with the q/k/v/out projections kept as modules, whose hooks
+        # give per-sample gradients (fm's own fast path bypasses them; its explicit path
+        # materialises the attention matrix): see models.fm_attention. Training and scoring run
+        # the same code.
+        use_sdpa(self.net)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net(tokens)["logits"]
