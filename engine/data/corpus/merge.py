@@ -44,12 +44,12 @@ def _rebase(err: BaseException, base: int) -> BaseException:
 def merge_units(units: list[Unit], summaries: list[UnitSummary | None], specs: list[InputSpec],
                 identity: dict, alpha: Alphabet, column: str, id_column, on_invalid: str,
                 hist: np.ndarray, generated: np.ndarray | None = None) -> Merged:
-    """Walk the units in corpus order exactly as the single-process build walks its inputs:
-    the same errors in the same order (the first MAX_LISTED bad records, a read error, an empty
-    or all-bad input, the listed bad records at the end), else the statistics and every unit's
-    offsets. ``summaries[u]`` is None for a unit its rank never reached (it stopped at an
-    earlier error, which the walk meets first). ``generated``: id bytes per unit of the ids
-    generated after the exchange."""
+    """Walk the units in corpus order exactly as one process reading every input whole would:
+    the same errors in the same order whatever the units and ranks (the first MAX_LISTED bad
+    records, a read error, an empty or all-bad input, the listed bad records at the end), else
+    the statistics and every unit's offsets. ``summaries[u]`` is None for a unit its rank never
+    reached (it stopped at an earlier error, which the walk meets first). ``generated``: id
+    bytes per unit of the ids generated after the exchange."""
     nu = len(units)
     file_base = np.zeros(nu, np.int64)
     index = np.zeros(nu + 1, np.int64)

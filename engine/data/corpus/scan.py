@@ -24,7 +24,8 @@ REJECTED_PART = "rejected.part"   # in a shard: (unit, record number in the unit
 
 
 class ShardWriter:
-    """Appends batches to the raw files of a corpus under construction."""
+    """Appends batches to the arrays of a shard (offsets from the shard's start; with one rank
+    the shard is the corpus)."""
 
     def __init__(self, root: Path):
         self.f = {k: open(root / fn, "wb") for k, (fn, _) in ARRAYS.items()}
@@ -79,8 +80,8 @@ def scan_units(units: list[Unit], specs: list[InputSpec], alpha: Alphabet, shard
     corpus, local offsets, plus ``rejected.part`` and ``deferred.i64``). Returns the unit
     summaries, the length histogram and the scan's wall and CPU seconds.
 
-    Stops early where the whole build must fail (the same rules as the single-process build,
-    so the merge reaches the same error): a unit's read error; in error mode, MAX_LISTED bad
+    Stops early where the whole build must fail (the merge then reaches that error in corpus
+    order, whoever scanned the units before it): a unit's read error; in error mode, MAX_LISTED bad
     records; an empty whole input, or (skip) one whose every record is bad."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     shard.mkdir(parents=True, exist_ok=True)
