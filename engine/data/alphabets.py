@@ -75,7 +75,7 @@ class Alphabet:
         """Normalise one sequence (whitespace dropped, stop stripped); ValueError if invalid.
 
         A convenience for single sequences (tests, downstream tasks). Corpus building uses the
-        vectorised path in ``bioprune.engine.data.corpus``.
+        vectorised path in ``bioprune.engine.data.corpus.normalise``.
         """
         raw = seq.encode("latin-1") if isinstance(seq, str) else bytes(seq)
         a = np.frombuffer(raw, dtype=np.uint8)

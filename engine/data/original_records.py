@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from bioprune.engine.data.alphabets import get_alphabet
-from bioprune.engine.data.corpus_build import REJECTED, _normalise, _RecordProblem
+from bioprune.engine.data.corpus.layout import REJECTED
+from bioprune.engine.data.corpus.normalise import RecordProblem, normalise_batch
 from bioprune.engine.data.read_input import iter_batches
 from bioprune.engine.data.readers import _WS, CorpusError, InputSpec, RawBatch, resolve_input
 from bioprune.engine.io.atomic import atomic_path
@@ -180,10 +181,10 @@ def _check_record(corpus, i: int, spec: InputSpec, number: int, rid: str,
     one) and the same residues once normalised as the build does."""
     data = np.frombuffer(residues, dtype=np.uint8)
     try:
-        norm = _normalise(RawBatch(data, np.array([0, len(data)], np.int64)),
-                          get_alphabet(corpus.molecule))[0]
+        norm = normalise_batch(RawBatch(data, np.array([0, len(data)], np.int64)),
+                               get_alphabet(corpus.molecule))[0]
         same = np.array_equal(norm, corpus.residues(i))
-    except _RecordProblem:
+    except RecordProblem:
         same = False
     if (rid and rid != corpus.record_id(i)) or not same:
         raise CorpusError(f"record {number} (id {rid!r}) is not the record the corpus holds "

@@ -121,7 +121,7 @@ def _fasta_batches(spec: InputSpec, chunk_bytes: int, start: int = 0,
                 return
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def range_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenated index ranges [starts[k], starts[k] + lengths[k]) as one int64 array."""
     total = int(lengths.sum())
     if total == 0:
@@ -161,7 +161,7 @@ def _parse_fasta_block(spec: InputSpec, block: bytes, first: bool) -> RawBatch |
         return None
     # header text: from after '>' to before '\n'
     hlen = he - hs - 1
-    hidx = _ranges(hs + 1, hlen)
+    hidx = range_indices(hs + 1, hlen)
     hb = a[hidx]
     # sequence bytes: everything but newlines, header text and the '>' of each header
     seq_mask = a != _NL
@@ -186,7 +186,7 @@ def _parse_fasta_block(spec: InputSpec, block: bytes, first: bool) -> RawBatch |
     ok = k < len(ws)
     first_ws[ok] = np.minimum(ws[k[ok]], hoff[1:][ok])
     id_len = first_ws - hoff[:-1]
-    ids = hb[_ranges(hoff[:-1], id_len)]
+    ids = hb[range_indices(hoff[:-1], id_len)]
     id_offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(id_len, out=id_offsets[1:])
     return RawBatch(data, offsets, ids, id_offsets)

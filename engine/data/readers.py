@@ -4,7 +4,7 @@ Hugging Face datasets saved with ``save_to_disk``.
 Every reader yields ``RawBatch`` objects: a batch of records in columnar form (one ``uint8``
 array of raw sequence bytes plus ``int64`` offsets, the same for ids), so that no per-record
 Python object is created on the hot path. Normalisation and validation against the molecule's
-alphabet happen in ``bioprune.engine.data.corpus``.
+alphabet happen in ``bioprune.engine.data.corpus.normalise``.
 
 Input syntax (``resolve_input``):
     * a file, format from its extension (case-insensitive):

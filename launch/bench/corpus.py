@@ -1,5 +1,5 @@
-"""Benchmark of the corpus build: one rank alone (today's single-process build) against every rank
-building its share (the parallel build), on synthetic RNA.
+"""Benchmark of the corpus build: one rank alone against several ranks each building its share,
+on synthetic RNA.
 
     python launch/bench/corpus.py                           # 10^7 records, FASTA; 1 vs 2 ranks
     python launch/bench/corpus.py --records 1e6 --parquet   # also a Parquet copy (row groups)
@@ -10,18 +10,18 @@ Generates ``--records`` synthetic RNA records (uniform lengths 50-300 nt from a 
 row groups) under ``--work``, reused when it exists. Then builds the corpus, each in fresh
 processes, with:
 
-* ``serial``: ``load_corpus`` on one rank, which is the single-process build (``corpus_build``),
-  the code path of every one-rank run, unchanged by the parallel build;
-* ``parallel`` on 1 rank (the parallel machinery's overhead) and on each of ``--ranks``
-  (launched with ``deepspeed --num_gpus N``, CPU ranks, ``OMP_NUM_THREADS=1``);
-* with ``--baseline-pythonpath``: ``serial`` once more with another checkout of bioprune on
-  PYTHONPATH (before/after comparisons of the single-rank speed).
+* one rank: ``load_corpus`` in one process, the build of every one-rank run (its one shard is
+  renamed into place);
+* each of ``--ranks`` (launched with ``deepspeed --num_gpus N``, CPU ranks, ``OMP_NUM_THREADS=1``),
+  each rank scanning its share;
+* with ``--baseline-pythonpath``: one rank once more with another checkout of bioprune on
+  PYTHONPATH (before/after comparisons of the one-rank speed).
 
-Every run's arrays are checked byte for byte against the serial build's (sha256). Reported per
+Every run's arrays are checked byte for byte against the one-rank build's (sha256). Reported per
 run: wall time (barrier to barrier, rank 0), records/s, input MB/s, peak RSS per rank (VmHWM,
 restarted after the imports; the process also holds the interpreter, numpy and torch, so the
-RSS before the build is subtracted in the next column), and the parallel build's phases (scan,
-exchange, assemble).
+RSS before the build is subtracted in the next column), and with several ranks the build's
+phases (scan, exchange, assemble).
 
 Projection to ``--proj-records`` on ``--proj-ranks`` ranks (each with a core of its own), model:
 scan = max(records per rank / the slowest rank's measured records per CPU second, input bytes /
@@ -55,7 +55,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=float, default=1e7, help="synthetic records (default 1e7)")
     p.add_argument("--ranks", type=int, nargs="+", default=[2],
-                   help="world sizes of the parallel build besides 1 (default: 2)")
+                   help="world sizes to build with besides 1 (default: 2)")
     p.add_argument("--parquet", action="store_true", help="also build from a Parquet copy")
     p.add_argument("--work", default="/tmp/bioprune_bench_corpus",
                    help="where the inputs are generated (kept) and the corpora built (deleted)")
@@ -64,7 +64,7 @@ def parse_args(argv=None):
                    help="run every build this many times, interleaved, and keep each one's "
                         "fastest (a machine shared with other jobs)")
     p.add_argument("--baseline-pythonpath", default=None, metavar="DIR",
-                   help="also time the serial build with this PYTHONPATH (another checkout)")
+                   help="also time the one-rank build with this PYTHONPATH (another checkout)")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
     p.add_argument("--proj-records", type=float, default=1e9)
     p.add_argument("--proj-ranks", type=int, default=64)
@@ -80,7 +80,6 @@ def parse_args(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", nargs="+", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--mode", default="serial", help=argparse.SUPPRESS)
     p.add_argument("--molecule", default="rna", help=argparse.SUPPRESS)
     p.add_argument("--on-invalid", default="error", help=argparse.SUPPRESS)
     p.add_argument("--min-unit-bytes", type=int, default=None, help=argparse.SUPPRESS)
@@ -123,8 +122,6 @@ def worker(args) -> int:
     except OSError:
         pass
     build = {}
-    if args.mode != "serial":
-        build["parallel"] = args.mode == "parallel"
     for key in ("min_unit_bytes", "units_per_rank"):
         if getattr(args, key) is not None:
             build[key] = getattr(args, key)
@@ -135,7 +132,7 @@ def worker(args) -> int:
         kw["on_invalid"] = args.on_invalid
     distributed.barrier()
     t0, cpu0 = time.perf_counter(), _cpu_s()
-    rec = {"rank": distributed.rank(), "world": distributed.world_size(), "mode": args.mode}
+    rec = {"rank": distributed.rank(), "world": distributed.world_size()}
     try:
         c = load_corpus(args.data, args.molecule, args.cache, **kw)
         rec.update(records=len(c), root=str(c.root), build=c.stats["build"],
@@ -221,12 +218,12 @@ def _digest(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _launch(args, world: int, files, cache: Path, mode: str, env_extra=None) -> list:
+def _launch(args, world: int, files, cache: Path, env_extra=None) -> list:
     from bioprune.engine.runtime.launching import entry_command
 
     out = cache.with_suffix(".json")
-    cmd = entry_command(Path(__file__).resolve(), ["--worker", "--mode", mode, "--data", *files,
-                                                   "--cache", cache, "--out", out], world)
+    cmd = entry_command(Path(__file__).resolve(), ["--worker", "--data", *files, "--cache", cache,
+                                                   "--out", out], world)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if p.returncode != 0 or not out.exists():
@@ -243,23 +240,23 @@ def main(argv=None) -> int:
         return worker(args)
     work = Path(args.work)
     inputs = generate(args, work)
-    runs = [("serial", 1, "serial", None), ("parallel", 1, "parallel", None)]
-    runs += [("parallel", w, "parallel", None) for w in args.ranks if w > 1]
+    runs = [("one rank", 1, None)]
+    runs += [("ranks", w, None) for w in args.ranks if w > 1]
     if args.baseline_pythonpath:
-        runs.insert(1, ("serial (baseline checkout)", 1, "serial",
+        runs.insert(1, ("one rank (baseline checkout)", 1,
                         {"PYTHONPATH": args.baseline_pythonpath}))
     best: dict = {}
     for rep in range(args.repeats):
         for fmt, files in inputs.items():
-            for label, world, mode, env in runs:
-                cache = work / f"cache_{fmt}_{mode}_{world}"
+            for k, (label, world, env) in enumerate(runs):
+                cache = work / f"cache_{fmt}_{k}"
                 shutil.rmtree(cache, ignore_errors=True)
                 print(f"[{rep + 1}/{args.repeats}] {fmt}: {label}, {world} rank(s) ...", flush=True)
                 load = os.getloadavg()[0]
-                recs = _launch(args, world, files, cache, mode, env)
+                recs = _launch(args, world, files, cache, env)
                 if any("error" in r for r in recs):
                     raise SystemExit(f"build failed: {recs}")
-                res = {"input": fmt, "label": label, "world": world, "mode": mode, "load": load,
+                res = {"input": fmt, "label": label, "world": world, "load": load,
                        "sha256": _digest(cache), "ranks": recs,
                        "out_bytes": sum((cache / fn).stat().st_size for fn in ARRAYS)}
                 shutil.rmtree(cache, ignore_errors=True)
@@ -267,7 +264,7 @@ def main(argv=None) -> int:
                 if key not in best or recs[0]["wall_s"] < best[key]["ranks"][0]["wall_s"]:
                     best[key] = res
     results = list(best.values())
-    ref = {r["input"]: r["sha256"] for r in results if r["label"] == "serial"}
+    ref = {r["input"]: r["sha256"] for r in results if r["label"] == "one rank"}
     for r in results:
         r["identical"] = r["sha256"] == ref[r["input"]]
     report(args, results)
@@ -300,8 +297,8 @@ def report(args, results) -> None:
 
 
 def project(args, results) -> None:
-    """10^9 records on 64 ranks from the widest parallel FASTA run (model in the docstring)."""
-    par = [r for r in results if r["mode"] == "parallel" and r["input"] == "fasta"]
+    """10^9 records on 64 ranks from the widest FASTA run (model in the docstring)."""
+    par = [r for r in results if r["world"] > 1 and r["input"] == "fasta"]
     if not par:
         return
     r = max(par, key=lambda x: x["world"])

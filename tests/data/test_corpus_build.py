@@ -1,7 +1,8 @@
-"""The parallel corpus build against the single-process build, which is the reference: byte for
-byte the same arrays and ids, the same corpus.json (less its "build" timings), the same
-rejected.tsv and the same error messages (file, record number within the file, id) — with
-files cut into byte ranges mid-record and Parquet files cut between row groups.
+"""The corpus build however the work is shared, against one process reading every input whole in
+order, which is the reference: byte for byte the same arrays and ids, the same corpus.json (less
+its "build" timings), the same rejected.tsv and the same error messages (file, record number
+within the file, id) — with files cut into byte ranges mid-record and Parquet files cut between
+row groups.
 
 Ranks: one rank cutting its inputs into many units (in this process, many cases), two ranks
 spawned like test_corpus's two-rank test (gloo, one spawn runs every case), and two ranks under
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from bioprune.engine.data.corpus import CorpusError, load_corpus
-from bioprune.engine.data.corpus_units import plan_units
+from bioprune.engine.data.corpus.units import plan_units
 from bioprune.engine.data.read_input import iter_batches
 from bioprune.engine.data.readers import resolve_input
 from bioprune.engine.data.paths import data_dir
@@ -145,8 +146,8 @@ def outcome(paths, molecule, cache: Path, on_invalid, **kw):
 
 @pytest.fixture(scope="module")
 def reference(inputs, tmp_path_factory):
-    """The single-process build of every case."""
-    d = tmp_path_factory.mktemp("serial")
+    """Every case built by one rank reading each input whole, in order."""
+    d = tmp_path_factory.mktemp("whole")
     return {name: outcome(paths, mol, d / name, inv)
             for name, (paths, mol, inv) in _cases(inputs).items()}
 
@@ -242,18 +243,19 @@ def test_plan_cuts_big_files_and_keeps_others_whole(inputs):
 
 
 @pytest.mark.slow
-def test_one_rank_many_units_equals_the_serial_build(inputs, reference, tmp_path):
-    """The parallel machinery on one rank with every input cut into up to 9 units: plan,
-    scan, merge, deferred ids and assembly give the reference bytes and errors."""
+def test_one_rank_many_units_equals_the_whole_inputs_build(inputs, reference, tmp_path):
+    """One rank with every input cut into up to 9 units: plan, scan, merge, deferred ids and
+    assembly (copied into place, not renamed, where ids wait for the exchange) give the
+    reference bytes and errors."""
     for name, (paths, mol, inv) in _cases(inputs).items():
         got = outcome(paths, mol, tmp_path / name, inv,
-                      build={"parallel": True, "units_per_rank": 9, "chunk_bytes": 4096, **SPLIT})
+                      build={"units_per_rank": 9, "chunk_bytes": 4096, **SPLIT})
         assert got == reference[name], name
 
 
 def test_fuzz_one_rank_many_units(tmp_path):
     """Random inputs (FASTA/gzip/Parquet with and without ids/CSV, bad records, empty ids) and
-    random unit sizes: the parallel build equals the serial one, result or error."""
+    random unit sizes: the build equals the one of whole inputs, result or error."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -284,9 +286,9 @@ def test_fuzz_one_rank_many_units(tmp_path):
                 p.write_text("id,sequence\n" + "".join(f"{r},{s}\n" for r, s in recs))
             paths.append(str(p))
         inv = rng.choice(["error", "skip"])
-        want = outcome(paths, "rna", d / "serial", inv)
+        want = outcome(paths, "rna", d / "whole", inv)
         got = outcome(paths, "rna", d / "par", inv,
-                      build={"parallel": True, "units_per_rank": rng.choice([2, 7]),
+                      build={"units_per_rank": rng.choice([2, 7]),
                              "min_unit_bytes": rng.choice([1, 300]), "chunk_bytes": 256})
         assert got == want, (trial, paths, inv)
 
@@ -295,11 +297,11 @@ def test_fuzz_one_rank_many_units(tmp_path):
 
 
 def _rank_main(rank, world, init_file, cases, work, out):
-    """A spawned rank: every case on the parallel build with small units, then the reuse of a
+    """A spawned rank: every case built with small units, then the reuse of a
     built cache, a stale request, and a node-local build with simulated nodes."""
     import torch.distributed as dist
 
-    from bioprune.engine.data import corpus_parallel
+    from bioprune.engine.data.corpus import nodes
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
@@ -314,13 +316,13 @@ def _rank_main(rank, world, init_file, cases, work, out):
     load_corpus(paths, mol, Path(work) / "mix", build=SPLIT)           # reused, not rebuilt
     res["reused"] = meta.stat().st_mtime_ns == before
     res["stale"] = outcome(paths, "protein", Path(work) / "mix", inv)
-    os.environ[corpus_parallel.SIMULATE_NODES_ENV] = "1"
+    os.environ[nodes.SIMULATE_NODES_ENV] = "1"
     try:
         c = load_corpus(paths, mol, Path(work) / "local", node_local=True, build=SPLIT)
         res["local_root"] = str(c.root)
         res["local_nodes"] = c.stats["build"]["nodes"]
     finally:
-        os.environ.pop(corpus_parallel.SIMULATE_NODES_ENV)
+        os.environ.pop(nodes.SIMULATE_NODES_ENV)
     dist.barrier()
     dist.destroy_process_group()
     Path(out).write_text(json.dumps(res))
@@ -336,7 +338,7 @@ def _decode(got):
 @pytest.mark.slow
 @pytest.mark.multirank
 @pytest.mark.subprocess
-def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
+def test_two_ranks_equal_the_one_rank_build(inputs, reference, tmp_path):
     """Two gloo ranks, each scanning its share: every case gives the reference bytes and, on
     both ranks, the reference error; a built cache is reused, a stale one refused on both ranks;
     a node-local cache ends up complete on each (simulated) node."""
@@ -375,15 +377,15 @@ def test_two_ranks_equal_the_serial_build(inputs, reference, tmp_path):
 @pytest.mark.subprocess
 def test_deepspeed_launcher_two_ranks(inputs, tmp_path):
     """The real launcher (deepspeed --num_gpus 2, gloo on CPU) through the benchmark's worker:
-    the real RNA sample data cut across both ranks equals the single-process build."""
+    the real RNA sample data cut across both ranks equals the one-rank build."""
     from pipeline_utils import run
 
     if not inputs["real"]:
         pytest.skip("no sample data")
     files = inputs["real"] + [inputs["big"]]
-    want = outcome(files, "rna", tmp_path / "serial", "error")
+    want = outcome(files, "rna", tmp_path / "one", "error")
     out = tmp_path / "ranks.json"
-    run("bench/corpus.py", ["--worker", "--mode", "parallel", "--data", *files, "--cache",
+    run("bench/corpus.py", ["--worker", "--data", *files, "--cache",
                             str(tmp_path / "par"), "--min-unit-bytes", "20000",
                             "--units-per-rank", "8", "--out", str(out)], ranks=2, timeout=300)
     recs = json.loads(out.read_text())

@@ -1,52 +1,20 @@
-"""The corpus: every input record, validated, normalised and memory-mapped.
-
-A corpus is built once, in ONE streaming pass over its inputs (:mod:`.corpus_build`; under a
-distributed launch each rank streams its share, :mod:`.corpus_parallel`), into a cache
-directory; afterwards it is only ever opened read-only (``Corpus.open``), memory-mapped, so a
-corpus of 10^8 records costs no 10^8 Python objects.
-
-Corpus index (DESIGN.md): the 0-based position of a record in the corpus — the inputs in the
-order given, records in file order. Record numbers *within a file* (``source(i)``, error
-messages, generated ids) are 1-based.
-
-Inputs (see ``bioprune.engine.data.readers``): FASTA (.fasta/.fa/.fna/.faa, plain or .gz, multi-line
-records; id = first word of the header), CSV (.csv[.gz]) / TSV (.tsv/.tab[.gz]) with a header
-row, Parquet (.parquet/.pq), a directory saved by ``datasets.Dataset.save_to_disk``, or
-``DIR::SPLIT`` for one split of a saved ``DatasetDict``. Tables take the sequence from
-``column`` and the id from ``id_column``, else from an ``id`` column if there is one, else
-``<file name>:<record number>``.
-
-Cache directory layout (all little-endian, raw, no header; shapes from ``corpus.json``)::
-
-    corpus.json       inputs (path, size, mtime), molecule, column, per-file counts, stats
-    residues.u8       normalised residues of all records, concatenated (ASCII, uint8)
-    offsets.i64       int64[n+1]: record i is residues[offsets[i]:offsets[i+1]]
-    lengths.i32       int32[n]
-    ids.u8            record ids (UTF-8), concatenated
-    id_offsets.i64    int64[n+1]
-"""
+"""The built corpus, read-only and memory-mapped (:class:`Corpus`): a corpus of 10^8 records
+costs no 10^8 Python objects. Also its cached derived values (content digest, repeated ids) and
+the normalised FASTA output."""
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from bioprune.engine.data.alphabets import Alphabet, get_alphabet
-from bioprune.engine.data.corpus_build import _FILES, FORMAT_VERSION, build_corpus
-from bioprune.engine.data.corpus_cache import META, cached, check_matches
+from bioprune.engine.data.corpus.build import build_corpus
+from bioprune.engine.data.corpus.layout import ARRAYS, FORMAT_VERSION, META
 from bioprune.engine.data.readers import CorpusError
 from bioprune.engine.io.atomic import atomic_path
-
-__all__ = [
-    "Corpus",
-    "CorpusError",
-    "load_corpus",
-]
-
 
 DIGEST = "content_digest.json"   # beside corpus.json: the cached content digest
 REPEATS = "repeated_ids.json"    # beside corpus.json: the cached count of repeated ids
@@ -69,10 +37,12 @@ class Corpus:
     # ---- construction
     @classmethod
     def build(cls, paths, molecule: str, cache_dir, column: str = "sequence",
-              id_column: str | None = None, **options) -> "Corpus":
-        """Build the corpus of ``paths`` into ``cache_dir`` (see :func:`.corpus_build.build_corpus`)
-        and open it."""
-        return cls.open(build_corpus(paths, molecule, cache_dir, column, id_column, **options))
+              id_column: str | None = None, *, overwrite: bool = False, **options) -> "Corpus":
+        """Build the corpus of ``paths`` into ``cache_dir`` and open it. A ``cache_dir`` that holds
+        anything is an error unless ``overwrite`` (:func:`.load.load_corpus` reuses a matching
+        cache instead). ``options``: those of :func:`.build.build_corpus`."""
+        return cls.open(build_corpus(paths, molecule, cache_dir, column, id_column,
+                                     if_exists="overwrite" if overwrite else "error", **options))
 
     @classmethod
     def open(cls, cache_dir) -> "Corpus":
@@ -95,7 +65,7 @@ class Corpus:
         expect = {"residues": meta["total_residues"], "offsets": n + 1, "lengths": n,
                   "ids": meta["id_bytes"], "id_offsets": n + 1}
         arrays = {}
-        for key, (fn, dt) in _FILES.items():
+        for key, (fn, dt) in ARRAYS.items():
             p = root / fn
             dt = np.dtype(dt)
             try:
@@ -287,92 +257,3 @@ class Corpus:
                 f.flush()
                 os.fsync(f.fileno())
         return count
-
-
-def load_corpus(paths, molecule: str, cache_dir, column: str = "sequence",
-                id_column: str | None = None, on_invalid: str = "error", *,
-                node_local: bool = False, build: dict | None = None) -> Corpus:
-    """Open the corpus cached in ``cache_dir`` if it was built from the same inputs (paths,
-    sizes, mtimes, molecule, column, id column); otherwise build it, then every rank opens it.
-
-    Under a distributed launch every rank builds its share of the inputs
-    (:mod:`.corpus_parallel`): at 10^9 records one core would need half an hour while the
-    other ranks idle. ``cache_dir`` must then be one directory that every rank sees (a shared
-    filesystem) — unless ``node_local``: then ``cache_dir`` is a path on each node's own disk
-    and every node ends up with a complete copy there (the ranks still build in parallel;
-    the nodes exchange what they built over the process group). The inputs must be readable
-    at the same paths from every rank in both cases.
-
-    ``build`` tunes the build (tests, benchmarks): ``parallel`` (None: when there are several
-    ranks or ``node_local``; False: rank 0 builds alone while the others wait, the behaviour
-    before the parallel build; True: the parallel build even on one rank), ``min_unit_bytes``,
-    ``units_per_rank``, ``chunk_bytes``, ``batch_rows``.
-
-    A cache built from different inputs is an error (never silently reused)."""
-    from bioprune.engine.runtime import distributed
-
-    cache_dir = Path(cache_dir).absolute()
-    opts = dict(build or {})
-    parallel = opts.pop("parallel", None)
-    if parallel is None:
-        parallel = node_local or distributed.world_size() > 1
-    if parallel:
-        from bioprune.engine.data.corpus_parallel import build_or_reuse
-
-        root = build_or_reuse(paths, molecule, cache_dir, column, id_column, on_invalid,
-                              node_local=node_local, **opts)
-        corpus = Corpus.open(root)
-        check_matches(corpus.stats, paths, molecule, root, column, id_column, on_invalid)
-        warn_repeats(corpus, paths)
-        return corpus
-    if node_local:
-        raise CorpusError("a node-local corpus cache needs the parallel build (parallel=False "
-                          "was asked for)")
-    err = None
-    if distributed.is_main():
-        try:
-            _check_or_build(paths, molecule, cache_dir, column, id_column, on_invalid, **opts)
-        except BaseException as e:  # noqa: BLE001 - every rank must reach the barrier
-            err = e
-    distributed.barrier()
-    if err is not None:
-        raise err
-    if not (cache_dir / META).exists():
-        raise CorpusError("rank 0 failed to build the corpus (see its error)", path=cache_dir)
-    corpus = Corpus.open(cache_dir)
-    if not distributed.is_main():
-        check_matches(corpus.stats, paths, molecule, cache_dir, column, id_column, on_invalid)
-    warn_repeats(corpus, paths)
-    return corpus
-
-
-def warn_repeats(corpus: Corpus, paths) -> None:
-    """One warning line (main rank) for an input given twice and for repeated record ids: the
-    corpus keeps every record (positions stay valid), but an id then names several records, and
-    a file given twice doubles its weight, which is rarely meant."""
-    from collections import Counter
-
-    from bioprune.engine.runtime import distributed
-
-    if not distributed.is_main():
-        return
-    mentions = Counter(str(Path(p).absolute()) for p in paths)
-    twice = {p: k for p, k in mentions.items() if k > 1}
-    if twice:
-        first, k = next(iter(twice.items()))
-        print(f"warning: the input {first} is given {k} times ({len(twice)} input(s) repeated): "
-              "its records enter the corpus once per mention", file=sys.stderr, flush=True)
-    rep = corpus.repeated_ids()
-    if rep["records"]:
-        print(f"warning: {rep['records']:,} record(s) repeat an id seen earlier in the corpus "
-              f"(for example {rep['example']!r}); every record is kept, so an id may name "
-              "several records: use corpus indices (coreset.npy) to refer to records",
-              file=sys.stderr, flush=True)
-
-
-def _check_or_build(paths, molecule, cache_dir: Path, column, id_column,
-                    on_invalid: str = "error", **opts) -> None:
-    if not cached(paths, molecule, cache_dir, column, id_column, on_invalid):
-        build_corpus(paths, molecule, cache_dir, column=column, id_column=id_column,
-                     on_invalid=on_invalid,
-                     **{k: v for k, v in opts.items() if k in ("chunk_bytes", "batch_rows")})

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 from bioprune.engine.data.alphabets import get_alphabet
+from bioprune.engine.data.corpus.layout import META
 from bioprune.engine.data.readers import CorpusError, InputSpec, resolve_input
-
-META = "corpus.json"
 
 
 def as_paths(paths) -> list:
+    """The inputs as a list (one path alone is a list of one); none at all is an error."""
     if isinstance(paths, (str, os.PathLike)):
         return [paths]
     paths = list(paths)
@@ -40,6 +40,7 @@ def input_identity(specs: Sequence[InputSpec], molecule: str, column: str, id_co
 
 
 def identity_of_meta(meta: dict) -> dict:
+    """The identity a cache's corpus.json records (comparable to :func:`input_identity`)."""
     extra = {"on_invalid": meta["on_invalid"]} if meta.get("on_invalid", "error") != "error" else {}
     return {**extra,
         "molecule": meta.get("molecule"),
@@ -54,6 +55,7 @@ def identity_of_meta(meta: dict) -> dict:
 
 
 def describe_mismatch(have: dict, want: dict) -> str:
+    """The first difference of two identities, in words (for the error that refuses a cache)."""
     for key in ("molecule", "column", "id_column", "on_invalid"):
         if have.get(key) != want.get(key):
             return f"{key} was {have.get(key)!r}, now {want.get(key)!r}"
@@ -78,6 +80,7 @@ def read_meta(cache_dir: Path) -> dict | None:
 
 
 def check_matches(meta, paths, molecule, cache_dir, column, id_column, on_invalid="error"):
+    """A CorpusError unless the corpus.json ``meta`` was built from these inputs."""
     specs = [resolve_input(p) for p in as_paths(paths)]
     want = input_identity(specs, get_alphabet(molecule).name, column, id_column, on_invalid)
     have = identity_of_meta(meta)
