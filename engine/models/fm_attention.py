@@ -54,26 +54,24 @@ class SdpaMultiheadAttention(MultiheadAttention):
         return self.out_proj(out), None
 
 
-def use_sdpa(module: torch.nn.Module) -> int:
-    """Switch every fm ``MultiheadAttention`` under ``module`` to ``SdpaMultiheadAttention`` in
-    place (same parameters and buffers); the number switched."""
+def _switch(module: torch.nn.Module, old: type, new: type) -> int:
     n = 0
     for m in module.modules():
-        if type(m) is MultiheadAttention:
-            m.__class__ = SdpaMultiheadAttention
-            # the calls handed back to fm must take its explicit path, which calls the
+        if type(m) is old:
+            m.__class__ = new
+            # the calls SDPA hands back to fm must take fm's explicit path, which calls the
             # projection modules, not F.multi_head_attention_forward, which does not
             m.enable_torch_version = False
             n += 1
     return n
 
 
+def use_sdpa(module: torch.nn.Module) -> int:
+    """Switch every fm ``MultiheadAttention`` under ``module`` to ``SdpaMultiheadAttention`` in
+    place (same parameters and buffers); the number switched."""
+    return _switch(module, MultiheadAttention, SdpaMultiheadAttention)
+
+
 def use_fm_explicit(module: torch.nn.Module) -> int:
     """The inverse of ``use_sdpa``: fm's explicit path (the B·H·L·L matrix), for comparisons."""
-    n = 0
-    for m in module.modules():
-        if type(m) is SdpaMultiheadAttention:
-            m.__class__ = MultiheadAttention
-            m.enable_torch_version = False
-            n += 1
-    return n
+    return _switch(module, SdpaMultiheadAttention, MultiheadAttention)
