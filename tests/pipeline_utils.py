@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bioprune.engine.data.paths import data_dir  # the tests import it from here too
+from bioprune.engine.runtime.launching import entry_command, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = ROOT / "launch"
@@ -40,22 +40,14 @@ def small_corpus(tmp: Path, n_fasta: int = 40, n_csv: int = 40) -> list[str]:
     return [str(fasta), str(table)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def command(script: str, args: list[str], ranks: int = 1, mpi: bool = False) -> list[str]:
+    """What the user types: ``python`` for one rank, the ``deepspeed`` launcher for several
+    (``runtime.launching``, as the demo and the study), or mpiexec."""
     if mpi:  # mpiexec from the mpich wheel; DeepSpeed finds the ranks through mpi4py
         mpiexec = Path(sys.executable).parent / "mpiexec"
         return [str(mpiexec), "-n", str(ranks), "-env", "MASTER_PORT", str(free_port()),
                 sys.executable, str(LAUNCH / script), *args]
-    if ranks == 1:
-        return [sys.executable, str(LAUNCH / script), *args]
-    launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-            str(LAUNCH / script), *args]
+    return entry_command(LAUNCH / script, args, ranks)
 
 
 def env() -> dict:

@@ -30,11 +30,12 @@ def venv_bin(name: str) -> str:
     return str(cand) if cand.exists() else name
 
 
-def entry_command(script, args=(), ranks: int = 1) -> list[str]:
+def entry_command(script, args=(), ranks: int = 1, launcher: bool = False) -> list[str]:
     """The command line that runs ``script`` with ``args``: one process with this interpreter,
-    or ``deepspeed --num_gpus ranks --master_port <free port>`` (CPU ranks under gloo here)."""
+    or ``deepspeed --num_gpus ranks --master_port <free port>`` (CPU ranks under gloo here);
+    ``launcher`` uses the deepspeed launcher for one rank too."""
     args = [str(a) for a in args]
-    if int(ranks) > 1:
+    if int(ranks) > 1 or launcher:
         return [venv_bin("deepspeed"), "--num_gpus", str(int(ranks)), "--master_port",
                 str(free_port()), str(script), *args]
     return [sys.executable, str(script), *args]

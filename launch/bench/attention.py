@@ -4,14 +4,16 @@
     python launch/bench/attention.py --device cuda --size base --precision bf16
 
 Two measurements, each arm alternating with the other in one process (a shared machine drifts;
-report the ratio):
+report the ratio). On the CPU the times are the process's CPU time (``--threads`` 1 by default),
+on CUDA wall time after a synchronise:
 
 - ``fwd+bwd``: one forward and backward of the whole model (what training and scoring both run)
   on random sequences of each --lengths, --tokens residues per batch, median of --repeats;
   the largest relative difference of the logits between the two paths is printed beside it.
 - ``score``: the engine's scoring of --n real RNAs of the shared corpus (lengths as they come,
-  cropped to the model's 1022), with the default plan (one cover of 4 mask-token-only masks of
-  25 %), ``passes.Scorer`` with unit weights (the cost does not depend on them): ms per sequence.
+  cropped to the model's 1022), ``passes.Scorer`` with unit weights (the cost does not depend on
+  them), with one 15 % mask (K1, the paper's) and with the default plan (C1r25m: one cover of 4
+  mask-token-only masks of 25 %), each on both paths: ms per sequence.
 
 Writes OUT/results.json when --out is given.
 """
@@ -47,6 +49,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _clock(device: str) -> float:
+    """CPU seconds of this process on the CPU (other jobs on a shared machine then inflate the
+    arms much less than wall time does; the arms run one thread); wall seconds on CUDA."""
+    return time.perf_counter() if device.startswith("cuda") else time.process_time()
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -80,17 +88,22 @@ def fwd_bwd(modules: dict, length: int, args) -> dict:
     for _ in range(args.repeats):
         for name, m in modules.items():      # alternate the arms
             _sync(args.device)
-            t = time.perf_counter()
+            t = _clock(args.device)
             once(name, m)
             _sync(args.device)
-            times[name].append(time.perf_counter() - t)
+            times[name].append(_clock(args.device) - t)
     a, b = logits.values()
     return {"batch": batch, **{f"{n}_ms": 1e3 * statistics.median(v) for n, v in times.items()},
             "max_rel_diff": float((a - b).abs().max() / a.abs().max())}
 
 
+PLANS = {"K1": dict(draws=1),                                   # one 15 % mask, the paper's
+         "C1r25m": dict(covers=1, rate=0.25, mask_only=True)}   # the default: 4 copies
+
+
 def score_cost(bundles: dict, args) -> dict:
-    """ms per sequence of the default scoring plan on real RNAs, per path, alternating."""
+    """ms per sequence of scoring real RNAs, for each plan of PLANS and each attention path, the
+    four arms alternating (the cheaper of two rounds)."""
     import torch
 
     from bioprune.engine.data.batching import MaskPlan
@@ -100,23 +113,24 @@ def score_cost(bundles: dict, args) -> dict:
     from bioprune.launch.bench.scores import build_corpus
 
     corpus, _ = build_corpus("rnafm", args.n, 1022, Path(args.out or "runs/bench_attention"))
-    plan = MaskPlan(seed=1, covers=1, rate=0.25, mask_only=True)
-    per_batch = max(1, args.micro_batch_size // plan.copies)
-    times = {name: [] for name in bundles}
-    for _ in range(2):                       # two rounds, arms alternating
-        for name, bundle in bundles.items():
+    arms = [(plan, path) for plan in PLANS for path in bundles]
+    times = {arm: [] for arm in arms}
+    for _ in range(2):
+        for plan_name, path in arms:
+            bundle, plan = bundles[path], MaskPlan(seed=1, **PLANS[plan_name])
             params, _ = dmp.covered_parameters(bundle.module,
                                                trainable_parameters(bundle.module))
             weights = {n: torch.ones_like(p, device=args.device) for n, p in params}
             with Scorer(bundle, params, weights, seed=0, max_residues=10**6,
                         device=args.device, masks=plan) as scorer:
                 _sync(args.device)
-                t = time.perf_counter()
-                scorer.score_chunk(corpus, np.arange(len(corpus)), per_batch)
+                t = _clock(args.device)
+                scorer.score_chunk(corpus, np.arange(len(corpus)),
+                                   max(1, args.micro_batch_size // plan.copies))
                 _sync(args.device)
-                times[name].append((time.perf_counter() - t) / len(corpus))
+                times[(plan_name, path)].append((_clock(args.device) - t) / len(corpus))
     return {"n": len(corpus), "median_length": float(np.median(corpus.lengths)),
-            **{f"{n}_ms_per_seq": 1e3 * min(v) for n, v in times.items()}}
+            "ms_per_seq": {f"{plan}/{path}": 1e3 * min(v) for (plan, path), v in times.items()}}
 
 
 def main(argv=None) -> int:
@@ -146,10 +160,14 @@ def main(argv=None) -> int:
               "threads": args.threads, "fwd_bwd": rows}
     if args.n:
         s = result["score"] = score_cost(bundles, args)
-        print(f"score, default plan, {s['n']} RNAs (median length {s['median_length']:.0f}): "
-              f"explicit {s['explicit_ms_per_seq']:.1f} ms/seq, SDPA "
-              f"{s['sdpa_ms_per_seq']:.1f} ms/seq, ratio "
-              f"{s['sdpa_ms_per_seq'] / s['explicit_ms_per_seq']:.2f}")
+        ms, base = s["ms_per_seq"], s["ms_per_seq"]["K1/explicit"]
+        print(f"scoring {s['n']} RNAs (median length {s['median_length']:.0f}), ms per sequence")
+        print("| plan | fm explicit | SDPA | SDPA ÷ explicit | ÷ K1 explicit | ÷ K1 SDPA |")
+        print("|---|---|---|---|---|---|")
+        for plan in PLANS:
+            e, f = ms[f"{plan}/explicit"], ms[f"{plan}/sdpa"]
+            print(f"| {plan} | {e:.1f} | {f:.1f} | {f / e:.2f} | {f / base:.2f} | "
+                  f"{f / ms['K1/sdpa']:.2f} |")
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.out) / "results.json", result)

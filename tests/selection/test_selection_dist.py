@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bioprune.engine.runtime.launching import entry_command
 
 # every test uses the module fixture `launched`: deepspeed launches of 1, 2 and 3 ranks
 pytestmark = [pytest.mark.slow, pytest.mark.multirank, pytest.mark.subprocess]
@@ -148,18 +148,8 @@ def worker(argv=None) -> int:
 
 # ----------------------------------------------------------------------------- launching
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _deepspeed(world: int, script: str, args: list[str], timeout=240):
-    exe = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) \
-        or shutil.which("deepspeed")
-    if exe is None:
-        pytest.skip("deepspeed launcher not found")
-    cmd = [exe, "--num_gpus", str(world), "--master_port", str(_free_port()), script] + args
+    cmd = entry_command(script, args, world, launcher=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
