@@ -1,4 +1,4 @@
-"""ZeRO-3 scoring (issue 11): the model built partitioned, the Fisher reduce-scattered into
+"""ZeRO-3 scoring: the model built partitioned, the Fisher reduce-scattered into
 partitions, the weights gathered per layer inside the scoring backward. Reference: the unsharded
 run (ZeRO stage 0, one rank) — scores, Fisher, adapted weights and the coreset must match it on
 1, 2 and 3 ranks."""
