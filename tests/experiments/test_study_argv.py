@@ -85,3 +85,21 @@ def test_an_unknown_flag_fails_here(tmp_path, parsers):
     study.cfg["scoring"]["extra_args"] = ["--mask-drawz", "2"]
     with pytest.raises(SystemExit):
         parsers["score"]([str(a) for a in study.score_argv("score")])
+
+
+def test_every_launch_of_the_demo_parses(tmp_path, parsers):
+    """launch/demo.py makes its command lines the same way."""
+    import argparse
+
+    demo = _launcher("demo")
+    args = argparse.Namespace(model="rnafm", fraction=0.1, subset_size=2000, max_length=256,
+                              pretrain_epochs=1)
+    cls = {"score.py": (ScoreSettings, "score"), "select_coreset.py": (SelectSettings,
+                                                                      "select_coreset"),
+           "pretrain.py": (PretrainSettings, "pretrain")}
+    steps = demo.steps(args, tmp_path, ["a.fasta", "b.csv"])
+    assert [name for name, _, _ in steps] == ["score", "select cci", "select topi", "pretrain"]
+    for _, script, argv in steps:
+        settings_cls, launcher = cls[script]
+        s = _parsed(parsers[launcher], settings_cls, argv)
+        assert s.out.startswith(str(tmp_path))
