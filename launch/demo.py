@@ -62,25 +62,34 @@ def main(argv=None) -> int:
     from bioprune.engine.models import MOLECULE
 
     data = data_files(MOLECULE[args.model])
-    common = ["--data", *data, "--model", args.model, "--model-size", "tiny",
-              "--max-length", str(args.max_length), "--corpus-cache", str(out / "corpus")]
     wall = {}
     t0 = time.time()
-    wall["score"] = launch("score.py", [*common, "--subset-size", str(args.subset_size),
-                                        "--finetune-epochs", "1", "--out", str(out / "score")],
-                           args.ranks)
-    for strategy, name in (("cci", "cci"), ("topk", "topi")):
-        wall[f"select {name}"] = launch("select_coreset.py", [
-            "--scores", str(out / "score" / "scores"), "--strategy", strategy,
-            "--fraction", str(args.fraction), "--out", str(out / name), "--data", *data],
-            args.ranks)
-    wall["pretrain"] = launch("pretrain.py", [
-        *common, "--indices", str(out / "cci" / "coreset.npy"), "--epochs",
-        str(args.pretrain_epochs), "--warmup", "20", "--heldout-size", "500",
-        "--out", str(out / "pretrain_cci")], args.ranks)
+    for step, script, argv in steps(args, out, data):
+        wall[step] = launch(script, argv, args.ranks)
     total = time.time() - t0
     summary(out, wall, total)
     return 0
+
+
+def steps(args, out: Path, data: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(name, launcher, argv) of each step, the argv made from the launcher's settings."""
+    from bioprune.engine.influence.pipeline import ScoreSettings
+    from bioprune.engine.runtime.flags import to_argv
+    from bioprune.engine.selection.pipeline import SelectSettings
+    from bioprune.engine.training.pipeline import PretrainSettings
+
+    common = dict(data=data, model=args.model, model_size="tiny", max_length=args.max_length,
+                  corpus_cache=str(out / "corpus"))
+    plan = [("score", "score.py", ScoreSettings(**common, subset_size=args.subset_size,
+                                                finetune_epochs=1, out=str(out / "score")))]
+    for strategy, name in (("cci", "cci"), ("topk", "topi")):
+        plan.append((f"select {name}", "select_coreset.py", SelectSettings(
+            scores=str(out / "score" / "scores"), strategy=strategy, fraction=args.fraction,
+            out=str(out / name), data=data)))
+    plan.append(("pretrain", "pretrain.py", PretrainSettings(
+        **common, indices=str(out / "cci" / "coreset.npy"), epochs=args.pretrain_epochs,
+        warmup=20, heldout_size=500, out=str(out / "pretrain_cci"))))
+    return [(name, script, to_argv(settings)) for name, script, settings in plan]
 
 
 def summary(out: Path, wall: dict, total: float) -> None:

@@ -33,74 +33,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bioprune.engine.cli import HelpFormatter, add_local_rank_arg, add_run_args, main_of
+from bioprune.engine.cli import add_local_rank_arg, main_of, settings_parser
+from bioprune.engine.selection.pipeline import SelectSettings
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--scores", required=True, metavar="DIR",
-                   help="a finished scoring run (RUN) or its scores directory (RUN/scores: "
-                        "part-*.parquet + _SUCCESS)")
-    p.add_argument("--strategy", required=True, choices=("topk", "cci", "random", "cluster"),
-                   help="topk: the k highest scores (ties to the smaller index); cci: hard "
-                        "cut-off + K equal-width strata + Algorithm 1 budgets + hashed picks; "
-                        "random: the m smallest keys hash(seed, index); cluster: MMseqs2 cluster "
-                        "representatives of the scored corpus (the redundancy-reduction "
-                        "baseline; scores unused; needs the corpus: --data or the run's manifest)")
-    b = p.add_mutually_exclusive_group(required=True)
-    b.add_argument("--budget", type=int, metavar="M",
-                   help="coreset size (topk/random: 1..n; cci: 1..n - floor(beta*n))")
-    b.add_argument("--fraction", type=float, metavar="F",
-                   help="coreset size as a fraction of n: budget = floor(F * n), F in (0, 1]")
-    p.add_argument("--hard-cutoff", type=float, default=0.05, metavar="BETA",
-                   help="cci: drop the floor(BETA * n) highest-ranked samples first, "
-                        "BETA in [0, 1)")
-    p.add_argument("--strata", type=int, default=50, metavar="K",
-                   help="cci: number of equal-width strata over the retained score range")
-    p.add_argument("--seed", type=int, default=0,
-                   help="cci/random/cluster: keys hash(seed, corpus index) order the picks")
-    c = p.add_argument_group("cluster (MMseqs2)")
-    c.add_argument("--cluster-identity", type=float, default=0.5, metavar="ID",
-                   help="minimum sequence identity within a cluster (mmseqs --min-seq-id)")
-    c.add_argument("--cluster-coverage", type=float, default=0.8, metavar="C",
-                   help="minimum alignment coverage of query and target (mmseqs -c, --cov-mode 0)")
-    c.add_argument("--cluster-mode", choices=("cluster", "linclust"), default="cluster",
-                   help="easy-cluster (reproducible run to run) or easy-linclust (linear time, for "
-                        "very large corpora; its clusters can differ between runs)")
-    c.add_argument("--threads", type=int, default=None,
-                   help="MMseqs2 threads (default: every core of the machine; the table is saved "
-                        "as OUT/clusters.tsv, so a coreset is reproducible from it)")
-    c.add_argument("--clusters", metavar="TSV", default=None,
-                   help="use this cluster table instead of running MMseqs2: representative<TAB>"
-                        "member lines by record id (MMseqs2's *_cluster.tsv, a selection's "
-                        "clusters.tsv, UniRef50 or Rfam memberships converted to it); every "
-                        "corpus record exactly once")
-    c.add_argument("--dedup", action="store_true",
-                   help="topk/cci/random: select among cluster representatives only (one record "
-                        "per cluster, from --clusters or MMseqs2), so near-copies cannot fill "
-                        "the coreset; the budget is still a count of records")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--data", nargs="*", default=None, metavar="PATH",
-                   help="also write coreset.fasta (the selected records copied unchanged from "
-                        "these input files) and coreset.tsv: the input files in corpus order; "
-                        "with no PATH, the paths recorded in RUN/manifest.json")
-    p.add_argument("--molecule", choices=("rna", "protein"), default=None,
-                   help="corpus alphabet for --data (default: RUN/manifest.json's, else rna)")
-    p.add_argument("--column", default=None,
-                   help="sequence column of table inputs for --data (default: the manifest's, "
-                        "else 'sequence')")
-    p.add_argument("--id-column", default=None,
-                   help="record-id column of table inputs for --data (default: the manifest's)")
-    p.add_argument("--corpus-cache", default=None, metavar="DIR",
-                   help="corpus cache for --data (default: the manifest's when the paths match, "
-                        "else OUT/corpus)")
-    p.add_argument("--no-validate", action="store_true",
-                   help="skip the exact check that the indices are a permutation of 0..n-1 "
-                        "(the range check and the NaN/inf check always run)")
-    p.add_argument("--hist-bins", type=int, default=100,
-                   help="bins of the score histogram (selection.json and the PNG)")
-    p.add_argument("--no-plot", action="store_true", help="do not draw score_histogram.png")
-    add_run_args(p, inputs=False)
+    p, _ = settings_parser(SelectSettings, __doc__)   # every flag: a field of SelectSettings
     add_local_rank_arg(p)
     args = p.parse_args(argv)
     if args.dedup and args.strategy == "cluster":
@@ -109,14 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--clusters is used by --strategy cluster or --dedup")
     if (args.strategy == "cluster" or args.dedup) and args.data is None:
         args.data = []   # the corpus is needed: the scoring run's inputs unless --data names them
-    if args.hist_bins < 1:
-        p.error("--hist-bins must be >= 1")
     return args
 
 
 def run(args) -> int:
     from bioprune.engine.cli import settings_from_args
-    from bioprune.engine.selection.pipeline import SelectSettings, run_selection
+    from bioprune.engine.selection.pipeline import run_selection
 
     run_selection(settings_from_args(SelectSettings, args))
     return 0

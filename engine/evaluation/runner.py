@@ -12,8 +12,7 @@ import torch
 from bioprune.engine.evaluation import metrics as M
 from bioprune.engine.evaluation.settings import TASK_ALIASES, EvalSettings
 from bioprune.engine.evaluation.tasks import LOADERS, MOLECULE_OF, EvalError, TaskData, load_csv
-
-CONTROLS = ("random-labels",)
+from bioprune.engine.runtime.flags import check_fields
 
 
 # ------------------------------------------------------------------------------------ encoder
@@ -352,10 +351,7 @@ def _summarise(per_seed):
 def run(s: EvalSettings) -> dict:
     t_start = time.time()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    if s.probe_seeds < 1:
-        raise EvalError("--probe-seeds must be at least 1")
-    if s.control and s.control not in CONTROLS:
-        raise EvalError(f"--control {s.control}: unknown (known: {', '.join(CONTROLS)})")
+    check_fields(s)    # each flag's own check, declared with its field (settings.py)
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)

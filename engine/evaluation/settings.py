@@ -1,7 +1,11 @@
 """What an evaluation does: the settings dataclass and the task catalogue (used by --help)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
+
+from bioprune.engine.models.inputs import MODEL_SIZE
+from bioprune.engine.runtime.flags import Exclusive, Flag, at_least, setting
 
 
 @dataclass(frozen=True)
@@ -52,53 +56,164 @@ TASK_ALIASES = {
 }
 
 
-@dataclass
+CONTROLS = ("random-labels",)
+ENCODER = "encoder (exactly one of --weights, --run, --init)"
+SOURCE = Exclusive("encoder source", required=True)
+MODE = Exclusive("probe mode")
+CAPS = "size caps (deterministic; for a cheap run)"
+PROBES = "probes"
+MLM = "mlm"
+_one_or_more = at_least(1, "{flag} must be at least 1 (got {value})")
+
+
+def task_list(text: str) -> list[str]:
+    """--tasks T1,T2,...: the names, empty ones dropped."""
+    return [x for x in text.split(",") if x.strip()]
+
+
+def _model_names() -> tuple[str, ...]:
+    from bioprune.engine.models.registry import MODEL_NAMES
+
+    return tuple(MODEL_NAMES)
+
+
+# Every flag of evaluate.py is declared here, once (runtime.flags). An evaluation has no run
+# identity (identity=None); the field order is the order of eval.json's "settings".
+@dataclass(kw_only=True)    # required flags among the defaulted ones, in eval.json's order
 class EvalSettings:
-    model: str
-    model_size: str
-    tasks: list[str]
-    out: str
-    weights: str | None = None        # a state-dict file
-    run: str | None = None            # a pretraining / scoring run dir, or a dir with weights
-                                      # (model.safetensors)
-    init: str | None = None           # "random"
-    seed: int = 0                     # encoder init (random) and the first probe seed
-    probe_seeds: int = 3
-    split_seed: int = 0               # hashed splits and subsamples (fixed across encoders)
-    frozen: bool = True               # False: fine-tune encoder + head (sequence-level tasks)
-    control: str | None = None        # "random-labels"
-    floor: bool = False               # also evaluate a random-initialised encoder
-    max_train: int | None = None
-    max_test: int | None = None
-    max_length: int | None = None
-    ss_max_length: int = 200
-    ss_max_train: int | None = None   # rna-ss* caps (default: --max-train/--max-test)
-    ss_max_test: int | None = None
-    embed_batch_size: int = 32
-    probe_epochs: int = 30
-    probe_lr: float = 1e-3
-    probe_batch_size: int = 64
-    probe_weight_decay: float = 0.01
-    probe_hidden: int = 128
-    token_epochs: int = 10
-    token_batch_size: int = 1024
-    ss_epochs: int = 10
-    ss_lr: float = 1e-2
-    ss_channels: int = 8
-    ss_batch_size: int = 4
-    finetune_epochs: int = 3
-    finetune_lr: float = 1e-4
-    csv_kind: str = "auto"            # auto | classification | regression
-    mlm_data: list[str] = field(default_factory=list)
-    mlm_indices: str | None = None
-    mlm_max: int | None = None      # None: 500 for the hashed sample, no cap with mlm_all
-    mlm_all: bool = False
-    mlm_mask_seed: int | None = None
-    mlm_column: str = "sequence"
-    mlm_cache: str | None = None
-    progress: bool = True
-    threads: int | None = None        # torch CPU threads for the encoder (None: torch's default)
-    argv: list[str] = field(default_factory=list)
+    model: str = setting(identity=None, flag=Flag(
+        choices=_model_names(), required=True, group=ENCODER,
+        help="rnafm (RNA tasks) or esmc (protein tasks)"))
+    model_size: str = setting("tiny", identity=None,
+                              flag=dataclasses.replace(MODEL_SIZE, group=ENCODER))
+    tasks: list[str] = setting(identity=None, flag=Flag(
+        type=task_list, unparse=",".join, required=True, metavar="T1,T2,...", group="tasks",
+        help="comma-separated tasks (see the list above), e.g. rna-type,rna-ss,csv:my.csv"))
+    out: str = setting(identity=None, flag=Flag(
+        required=True, metavar="DIR", help="output directory"))
+    # a state-dict file
+    weights: str | None = setting(None, identity=None, flag=Flag(
+        metavar="FILE", group=ENCODER, exclusive=SOURCE,
+        help="a state dict (.safetensors/.pt) or the released RNA-FM_pretrained.pth"))
+    # a pretraining / scoring run dir, or a dir with weights (model.safetensors)
+    run: str | None = setting(None, identity=None, flag=Flag(
+        metavar="DIR", group=ENCODER, exclusive=SOURCE,
+        help="a pretraining output (uses DIR/final; mlm defaults to its corpus and heldout.npy), "
+             "a scoring run (DIR/adapted) or a directory holding model.safetensors + "
+             "config.json"))
+    init: str | None = setting(None, identity=None, flag=Flag(
+        choices=("random",), group=ENCODER, exclusive=SOURCE,
+        help="a freshly initialised encoder (seeded by --seed): the floor row"))
+    # encoder init (random) and the first probe seed
+    seed: int = setting(0, identity=None, flag=Flag(
+        type=int, group="tasks",
+        help="first probe seed (probe seeds are SEED..SEED+N-1) and the --init random seed"))
+    probe_seeds: int = setting(3, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group="tasks", help="probe seeds per task (mean ± std)"))
+    # hashed splits and subsamples (fixed across encoders)
+    split_seed: int = setting(0, identity=None, flag=Flag(
+        type=int, group="tasks",
+        help="seed of the hashed splits and --max-train/--max-test subsamples; keep it fixed "
+             "across encoders so they see the same rows"))
+    # False: fine-tune encoder + head (sequence-level tasks)
+    frozen: bool = setting(True, identity=None, flag=(
+        Flag(names=("--frozen",), action="store_true", group="tasks", exclusive=MODE,
+             help="probes on fixed embeddings, computed once (the default; ~100x cheaper)"),
+        Flag(names=("--finetune",), action="store_false", group="tasks", exclusive=MODE,
+             help="fine-tune the encoder with the head on sequence-level tasks (rna-type, "
+                  "rna-crispr, protein-loc, csv); per-residue/pair tasks stay frozen")))
+    control: str | None = setting(None, identity=None, flag=Flag(
+        choices=CONTROLS, group="tasks",
+        help="random-labels: labels drawn at random, for train and test rows alike, from the "
+             "training label distribution (must score at chance); rna-ss* and mlm are skipped"))
+    # also evaluate a random-initialised encoder
+    floor: bool = setting(False, identity=None, flag=Flag(
+        action="store_true", group=ENCODER,
+        help="also evaluate a random-initialised encoder of the same size and add it as the "
+             "floor column/section of eval.json and eval.md"))
+    max_train: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=CAPS, help="training rows per task/fold"))
+    max_test: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=CAPS, help="test rows per task/fold"))
+    max_length: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=CAPS,
+        help="residues per sequence (default: the model's, 1022 rnafm / 2046 esmc)"))
+    ss_max_length: int = setting(200, identity=None, flag=Flag(
+        type=int, group=CAPS,
+        help="rna-ss*: sequences longer than this are dropped (pair maps are L x L)"))
+    # rna-ss* caps (default: --max-train/--max-test)
+    ss_max_train: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=CAPS,
+        help="rna-ss*: training sequences per fold (default: --max-train); the pair head costs "
+             "~50 ms per sequence and epoch on a CPU"))
+    ss_max_test: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=CAPS, help="rna-ss*: test sequences per fold (default: --max-test)"))
+    embed_batch_size: int = setting(32, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=PROBES, help="sequences per forward pass of the encoder"))
+    probe_epochs: int = setting(30, identity=None, flag=Flag(
+        type=int, group=PROBES, help="epochs of sequence-level probes"))
+    probe_lr: float = setting(1e-3, identity=None, flag=Flag(
+        type=float, group=PROBES, help="AdamW lr of the probes"))
+    probe_batch_size: int = setting(64, identity=None, flag=Flag(
+        type=int, group=PROBES, help="sequences per probe step"))
+    probe_weight_decay: float = setting(0.01, identity=None, flag=Flag(
+        type=float, group=PROBES, help="AdamW weight decay"))
+    probe_hidden: int = setting(128, identity=None, flag=Flag(
+        type=int, group=PROBES, help="hidden width of the MLP heads"))
+    token_epochs: int = setting(10, identity=None, flag=Flag(
+        type=int, group=PROBES, help="epochs of per-residue probes"))
+    token_batch_size: int = setting(1024, identity=None, flag=Flag(
+        type=int, group=PROBES, help="residues per per-residue step"))
+    ss_epochs: int = setting(10, identity=None, flag=Flag(
+        type=int, group=PROBES, help="epochs of the base-pair head"))
+    ss_lr: float = setting(1e-2, identity=None, flag=Flag(
+        type=float, group=PROBES, help="lr of the base-pair head"))
+    ss_channels: int = setting(8, identity=None, flag=Flag(
+        type=int, group=PROBES, help="channels of the base-pair head"))
+    ss_batch_size: int = setting(4, identity=None, flag=Flag(
+        type=int, group=PROBES,
+        help="sequences (of similar length) per step of the base-pair head"))
+    finetune_epochs: int = setting(3, identity=None, flag=Flag(
+        type=int, group=PROBES, help="epochs with --finetune"))
+    finetune_lr: float = setting(1e-4, identity=None, flag=Flag(
+        type=float, group=PROBES, help="lr with --finetune (paper: 1e-4)"))
+    csv_kind: str = setting("auto", identity=None, flag=Flag(
+        choices=("auto", "classification", "regression"), group=PROBES,
+        help="task type of csv:PATH tasks"))
+    mlm_data: list[str] = setting(default_factory=list, identity=None, flag=Flag(
+        nargs="+", metavar="PATH", group=MLM,
+        help="the corpus (FASTA/CSV/TSV/Parquet; as for pretrain.py --data)"))
+    mlm_indices: str | None = setting(None, identity=None, flag=Flag(
+        metavar="NPY", group=MLM,
+        help="held-out corpus indices (e.g. a pretraining run's heldout.npy); default: --run's "
+             "heldout.npy, else a hashed sample of --mlm-max sequences"))
+    # None: 500 for the hashed sample, no cap with mlm_all
+    mlm_max: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int, group=MLM,
+        help="held-out sequences evaluated at most, a hashed sample beyond it (default 500; no "
+             "cap with --mlm-all)"))
+    mlm_all: bool = setting(False, identity=None, flag=Flag(
+        action="store_true", group=MLM,
+        help="--mlm-data is a held-out set: evaluate every record of it (default: a hashed "
+             "tenth of it, the pretraining held-out rule). With --mlm-mask-seed, what a study "
+             "needs so every model sees the same sequences and masks"))
+    mlm_mask_seed: int | None = setting(None, identity=None, flag=Flag(
+        type=int, metavar="N", group=MLM,
+        help="masks (and crops) of mlm come from seeds N, N+1, ... (one per probe seed); "
+             "default: --seed. Fix it to compare models trained with other seeds"))
+    mlm_column: str = setting("sequence", identity=None, flag=Flag(
+        group=MLM, help="sequence column of table inputs"))
+    mlm_cache: str | None = setting(None, identity=None, flag=Flag(
+        metavar="DIR", group=MLM, help="memory-mapped corpus cache (default OUT/mlm_corpus)"))
+    progress: bool = setting(True, identity=None, flag=Flag(
+        names=("--no-progress",), action="store_false", help="no progress bars"))
+    # torch CPU threads for the encoder (None: torch's default)
+    threads: int | None = setting(None, identity=None, check=_one_or_more, flag=Flag(
+        type=int,
+        help="torch CPU threads for the encoder (default: torch's); on a busy shared CPU, 1 is "
+             "often several times faster. Probe heads always use 1 on a CPU"))
+    # the command line, for eval.json (set by the launcher)
+    argv: list[str] = setting(default_factory=list, identity=None)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -40,6 +40,7 @@ from bioprune.engine.experiments.config import CLUSTERED, SCORED
 from bioprune.engine.experiments.config import arms as expand_arms
 from bioprune.engine.experiments.config import budget as rate_budget
 from bioprune.engine.io.atomic import save_npy, write_json
+from bioprune.engine.runtime.flags import to_argv
 
 MARKER = "_DONE.json"
 DETERMINISTIC = ("topk", "topk_1mask")   # selections that depend on no seed
@@ -131,20 +132,20 @@ class Study:
             self._n_train = int(json.loads((self.out / "data" / MARKER).read_text())["n_train"])
         return self._n_train
 
-    def _common(self) -> list[str]:
+    def _common(self) -> dict:
+        """The corpus and model settings every scoring and pretraining run shares."""
         c = self.cfg
-        return ["--data", str(self.train_fa), "--model", c["model"],
-                "--model-size", c["model_size"],
-                "--max-length", str(c["corpus"]["max_length"]), "--corpus-cache", str(self.cache)]
+        return {"data": [str(self.train_fa)], "model": c["model"], "model_size": c["model_size"],
+                "max_length": c["corpus"]["max_length"], "corpus_cache": str(self.cache)}
 
-    def _train_length(self, n: int) -> tuple[list[str], dict]:
+    def _train_length(self, n: int) -> tuple[dict, dict]:
         """Compute-matched: --steps S for every arm; or the paper's --epochs E."""
         t = self.cfg["training"]
         if t["mode"] == "epochs":
             gb = t["micro_batch_size"] * self.ranks
-            return (["--epochs", str(t["epochs"])],
+            return ({"epochs": t["epochs"]},
                     {"epochs": t["epochs"], "steps_planned": t["epochs"] * math.ceil(n / gb)})
-        return ["--steps", str(t["steps"])], {"steps_planned": t["steps"]}
+        return {"steps": t["steps"]}, {"steps_planned": t["steps"]}
 
     def _planned_steps(self, n: int) -> int:
         return self._train_length(n)[1]["steps_planned"]
@@ -240,30 +241,45 @@ class Study:
             return ref["init"]
         return str(self.out / "reference" / "final" / "model.safetensors")
 
-    def reference(self) -> dict:
-        ref, t = self.cfg["reference"], self.cfg["training"]
-        out = self.out / "reference"
-        args = [*self._common(), "--all", "--steps", ref["steps"], "--warmup", ref["warmup"],
-                "--lr", t["lr"], "--micro-batch-size", t["micro_batch_size"], "--heldout-size", 0,
-                "--seed", ref["seed"], "--out", out, *t["extra_args"]]
-        wall = self.launch("pretrain.py", args, "reference", self.ranks)
-        self._drop_checkpoints(out)
-        return {"wall_s": wall, "steps": ref["steps"]}
+    # Each launcher's command line is made from its settings dataclass (runtime.flags.to_argv),
+    # so a renamed or removed flag fails in tests/experiments/test_study_argv.py, not mid-study;
+    # the config's extra_args follow, as written (the last value of a flag wins).
 
-    def score(self, run: str) -> dict:
+    def reference_argv(self) -> list:
+        from bioprune.engine.training.pipeline import PretrainSettings
+
+        ref, t = self.cfg["reference"], self.cfg["training"]
+        s = PretrainSettings(**self._common(), indices=None, steps=ref["steps"],
+                             warmup=ref["warmup"], lr=t["lr"],
+                             micro_batch_size=t["micro_batch_size"], heldout_size=0,
+                             seed=ref["seed"], out=str(self.out / "reference"))
+        return [*to_argv(s), *t["extra_args"]]
+
+    def reference(self) -> dict:
+        out = self.out / "reference"
+        wall = self.launch("pretrain.py", self.reference_argv(), "reference", self.ranks)
+        self._drop_checkpoints(out)
+        return {"wall_s": wall, "steps": self.cfg["reference"]["steps"]}
+
+    def score_argv(self, run: str) -> list:
         """``score``: the default score; ``score_woft``: no adaptation (CCI w/o ft);
         ``score_1mask``: the single-mask score of the paper's code (--mask-draws 1)."""
+        from bioprune.engine.influence.pipeline import ScoreSettings
+
         s = self.cfg["scoring"]
-        out = self.out / run
-        epochs = 0 if run == "score_woft" else s["finetune_epochs"]
-        masks = ["--mask-draws", 1] if run == "score_1mask" else []
-        args = [*self._common(), "--checkpoint", self.reference_weights(),
-                "--subset-size", min(s["subset_size"], self.n_train),
-                "--finetune-epochs", epochs, *masks,
-                "--micro-batch-size", s["micro_batch_size"], "--seed", 0, "--out", out,
-                *s["extra_args"]]
-        wall = self.launch("score.py", args, out.name, self.ranks)
-        return {"wall_s": wall, "finetune_epochs": epochs, "mask_args": masks}
+        settings = ScoreSettings(
+            **self._common(), checkpoint=self.reference_weights(),
+            subset_size=min(s["subset_size"], self.n_train),
+            finetune_epochs=0 if run == "score_woft" else s["finetune_epochs"],
+            mask_draws=1 if run == "score_1mask" else None,
+            micro_batch_size=s["micro_batch_size"], seed=0, out=str(self.out / run))
+        return [*to_argv(settings), *s["extra_args"]]
+
+    def score(self, run: str) -> dict:
+        wall = self.launch("score.py", self.score_argv(run), run, self.ranks)
+        epochs = 0 if run == "score_woft" else self.cfg["scoring"]["finetune_epochs"]
+        return {"wall_s": wall, "finetune_epochs": epochs,
+                "mask_args": ["--mask-draws", 1] if run == "score_1mask" else []}
 
     def clusters(self) -> dict:
         from bioprune.engine.data.corpus import load_corpus
@@ -323,50 +339,69 @@ class Study:
                 save_npy(out / "coreset.npy", res.indices)
                 write_json(out / "selection.json", res.report)
                 return {"budget": b, "selected": int(len(res.indices))}
-            scores = self.out / SCORED[s] / "scores"
-            strategy = s.split("_")[0]        # cci_woft, cci_1mask -> cci; topk_1mask -> topk
-            args = ["--scores", scores, "--strategy", strategy, "--budget", b, "--seed", seed,
-                    "--hard-cutoff", sel["hard_cutoff"], "--strata", sel["strata"], "--out", out]
-            wall = self.launch("select_coreset.py", args, f"{arm['name']}/{out.name}", 1)
+            wall = self.launch("select_coreset.py", self.select_argv(s, b, seed, out),
+                               f"{arm['name']}/{out.name}", 1)
             return {"budget": b, "wall_s": wall}
         return run
 
-    def _pretrainer(self, indices, seed: int, out: Path, label: str):
-        t = self.cfg["training"]
+    def select_argv(self, strategy: str, budget: int, seed: int, out: Path) -> list:
+        """select_coreset.py for a scored arm (cci_woft, cci_1mask -> cci; topk_1mask -> topk)."""
+        from bioprune.engine.selection.pipeline import SelectSettings
 
+        sel = self.cfg["selection"]
+        s = SelectSettings(scores=str(self.out / SCORED[strategy] / "scores"),
+                           strategy=strategy.split("_")[0], budget=budget, seed=seed,
+                           hard_cutoff=sel["hard_cutoff"], strata=sel["strata"], out=str(out))
+        return to_argv(s)
+
+    def _pretrainer(self, indices, seed: int, out: Path, label: str):
         def run() -> dict:
             n = self.n_train if indices is None else len(np.load(indices))
-            length, info = self._train_length(n)
-            what = ["--all"] if indices is None else ["--indices", indices]
-            args = [*self._common(), *what, *length, "--warmup", t["warmup"], "--lr", t["lr"],
-                    "--micro-batch-size", t["micro_batch_size"], "--heldout-size", 0,
-                    "--seed", seed, "--out", out, *t["extra_args"]]
-            wall = self.launch("pretrain.py", args, f"{label}/pretrain", self.ranks)
+            info = self._train_length(n)[1]
+            wall = self.launch("pretrain.py", self.pretrain_argv(indices, seed, out, n),
+                               f"{label}/pretrain", self.ranks)
             man = json.loads((out / "manifest.json").read_text())
             self._drop_checkpoints(out)
             return {"wall_s": wall, "n_train": n, "steps": man.get("counts", {}).get("steps"),
                     **info}
         return run
 
+    def pretrain_argv(self, indices, seed: int, out: Path, n: int) -> list:
+        """pretrain.py on ``indices`` (None: the whole training corpus, --all) for an arm."""
+        from bioprune.engine.training.pipeline import PretrainSettings
+
+        t = self.cfg["training"]
+        s = PretrainSettings(**self._common(), **self._train_length(n)[0],
+                             indices=None if indices is None else str(indices),
+                             warmup=t["warmup"], lr=t["lr"], micro_batch_size=t["micro_batch_size"],
+                             heldout_size=0, seed=seed, out=str(out))
+        return [*to_argv(s), *t["extra_args"]]
+
     def _evaluator(self, strategy: str, seed: int, sdir: Path, label: str):
         c = self.cfg
 
         def run() -> dict:
             out = sdir / "eval"
-            what = (["--init", "random"] if strategy == "init" else ["--run", sdir / "pretrain"])
-            from bioprune.engine.experiments.split import heldout_files
-
-            extra = []
-            for a in c["evaluation"]["extra_args"]:
-                extra += heldout_files(self.out / "data") if a == "{heldout}" else [str(a)]
-            args = ["--model", c["model"], "--model-size", c["model_size"], *what,
-                    "--tasks", ",".join(self._tasks(strategy)), "--seed", seed, "--out", out,
-                    *extra]
-            wall = self.launch(c["evaluation"]["script"], args, f"{label}/eval", 1)
+            wall = self.launch(c["evaluation"]["script"], self.eval_argv(strategy, seed, sdir),
+                               f"{label}/eval", 1)
             if not (out / "eval.json").exists():
                 raise RuntimeError(f"evaluate.py wrote no {out / 'eval.json'}")
             return {"wall_s": wall}
         return run
+
+    def eval_argv(self, strategy: str, seed: int, sdir: Path) -> list:
+        """evaluate.py of an arm's model (or of the random-initialised floor, arm ``init``)."""
+        from bioprune.engine.evaluation.settings import EvalSettings
+        from bioprune.engine.experiments.split import heldout_files
+
+        c = self.cfg
+        source = ({"init": "random"} if strategy == "init" else {"run": str(sdir / "pretrain")})
+        s = EvalSettings(model=c["model"], model_size=c["model_size"], **source,
+                         tasks=self._tasks(strategy), seed=seed, out=str(sdir / "eval"))
+        extra = []
+        for a in c["evaluation"]["extra_args"]:
+            extra += heldout_files(self.out / "data") if a == "{heldout}" else [str(a)]
+        return [*to_argv(s), *extra]
 
     def _tasks(self, strategy: str) -> list[str]:
         """Every arm's tasks; Full and the floor also get the gate-only tasks (probes that must

@@ -3,29 +3,102 @@ model initialises the same on every rank and every run) and the validated corpus
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.runtime.flags import Flag, at_least, setting
+from bioprune.engine.runtime.run_flags import OVERWRITE, RUN_GROUP
 
 
+CORPUS_GROUP = "corpus"
+MODEL_GROUP = "model"
+
+
+def model_name(value: str) -> str:
+    """--model: a family, or hf:DIR (a local Hugging Face directory)."""
+    import argparse
+
+    from bioprune.engine.models.registry import MODEL_NAMES
+
+    if value in MODEL_NAMES or value.startswith("hf:"):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown model {value!r}; choose one of "
+                                     f"{', '.join(MODEL_NAMES)} (hf:DIR for a local directory)")
+
+
+def _sizes() -> str:
+    from bioprune.engine.models.registry import SIZES
+
+    return "; ".join(f"{m}: {', '.join(s)}" for m, s in SIZES.items())
+
+
+def _model_choices() -> str:
+    from bioprune.engine.models.registry import MODEL_NAMES
+
+    return "{" + ",".join(MODEL_NAMES) + "}"
+
+
+MODEL_SIZE = Flag(group=MODEL_GROUP, help=f"architecture size ({_sizes()})")
+
+
+# The field order is the order of a run identity's keys (run_config.json): identity fields keep
+# their places, run-only ones sit where they read best in --help.
 @dataclass
 class ModelInputs:
-    data: list[str] = field(default_factory=list)
-    model: str = "rnafm"
-    model_size: str = "tiny"
-    checkpoint: str | None = None
-    column: str = "sequence"
-    id_column: str | None = None
-    corpus_cache: str | None = None
-    corpus_cache_local: str | None = None   # node-local cache dir (every node builds a copy)
-    max_length: int | None = None
-    molecule: str | None = None      # what the input holds; None = guess from the first records
-    on_invalid: str = "error"        # bad records: "error" lists them, "skip" drops + counts them
-    overwrite: bool = False          # start --out afresh instead of refusing another run's outputs
-    # where training curves go (training.trackers); here so that every run's settings carry it,
-    # like overwrite, and never in a run identity: it changes no result, a resume may change it
-    report_to: str = "tensorboard"
+    data: list[str] = setting(default_factory=list, identity=True, flag=Flag(
+        nargs="+", required=True, metavar="PATH", group=CORPUS_GROUP,
+        help="input files, concatenated in this order into one corpus: FASTA "
+             "(.fasta/.fa/.fna/.faa, optionally .gz), CSV/TSV (optionally .gz), Parquet, or a "
+             "Hugging Face dataset saved to disk (DIR, or DIR::SPLIT)"))
+    column: str = setting("sequence", identity=True, flag=Flag(
+        group=CORPUS_GROUP, help="the sequence column of CSV/TSV/Parquet/datasets inputs"))
+    id_column: str | None = setting(None, identity=True, flag=Flag(
+        group=CORPUS_GROUP,
+        help="the record-id column of table inputs (default: 'id' if present)"))
+    corpus_cache: str | None = setting(None, identity=False, flag=Flag(
+        metavar="DIR", group=CORPUS_GROUP,
+        help="where the memory-mapped corpus is built (default: OUT/corpus); reused when the "
+             "inputs are unchanged"))
+    # node-local cache dir (every node builds a copy)
+    corpus_cache_local: str | None = setting(None, identity=False, flag=Flag(
+        metavar="DIR", group=CORPUS_GROUP,
+        help="instead of --corpus-cache, for clusters without a fast shared filesystem: a "
+             "directory on each node's own disk (the same path on every node); all ranks build "
+             "the corpus together and every node gets a complete copy there (the nodes exchange "
+             "their shares over the process group). The inputs must be readable at their paths "
+             "from every node"))
+    model: str = setting("rnafm", identity=True, flag=Flag(
+        type=model_name, metavar=_model_choices(), group=MODEL_GROUP,
+        help="rnafm: fm.BioBertModel (RNA); esmc: esm.models.esmc.ESMC (protein); esm2: Hugging "
+             "Face EsmForMaskedLM with the published ESM-2 architectures (protein); hf: any "
+             "local AutoModelForMaskedLM directory (give --hf-path DIR, or write --model hf:DIR)"))
+    model_size: str = setting("tiny", identity=True, flag=MODEL_SIZE)
+    checkpoint: str | None = setting(None, identity=True, flag=Flag(
+        metavar="FILE", group=MODEL_GROUP,
+        help="local weights: a state dict (.safetensors/.pt) or the released "
+             "RNA-FM_pretrained.pth; nothing is ever downloaded"))
+    max_length: int | None = setting(None, identity=True, check=at_least(1, "{flag} must be >= 1"),
+                                     flag=Flag(
+        type=int, group=CORPUS_GROUP,
+        help="longest sequence in residues (default: the model's, 1022 for rnafm, 2046 for "
+             "esmc); longer ones are cropped to a window fixed by (seed, corpus index) and "
+             "counted in the manifest"))
+    # start --out afresh instead of refusing another run's outputs
+    overwrite: bool = setting(False, identity=False, flag=OVERWRITE)
+    # what the input holds; None = guess from the first records. Both are in every identity
+    # (run_identity.identity adds them), so here they are run-only
+    molecule: str | None = setting(None, identity=False, flag=Flag(
+        choices=("rna", "protein"), group=RUN_GROUP,
+        help="what --data holds; default: guessed from the first records and refused when it "
+             "is not what --model reads (RNA given to esmc)"))
+    # bad records: "error" lists them, "skip" drops + counts them
+    on_invalid: str = setting("error", identity=False, flag=Flag(
+        choices=("error", "skip"), group=RUN_GROUP,
+        help="records with characters outside the alphabet, or empty: 'error' lists the first "
+             "20 (file, record, id, what) and stops; 'skip' drops them, lists them in "
+             "OUT/rejected.tsv and counts them in the manifest (the corpus index then runs over "
+             "the kept records)"))
 
 
 def load_model_and_corpus(inputs: ModelInputs, seed: int, out: Path,

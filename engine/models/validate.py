@@ -48,7 +48,6 @@ def check_model_inputs(inputs) -> None:
         fail(f"--model-size {inputs.model_size}: unknown for --model {inputs.model}; choose one "
              f"of {', '.join(SIZES[inputs.model])}")
     check_checkpoint(inputs.checkpoint)
-    v.positive_int("max_length", inputs.max_length)
     if not inputs.data:
         fail("--data: no inputs given")
     for d in inputs.data:
@@ -57,9 +56,6 @@ def check_model_inputs(inputs) -> None:
         c = Path(inputs.corpus_cache).expanduser()
         if c.exists() and not c.is_dir():
             fail(f"--corpus-cache {inputs.corpus_cache}: is a file, not a directory")
-    on_invalid = getattr(inputs, "on_invalid", "error")
-    if on_invalid not in ("error", "skip"):
-        fail(f"--on-invalid {on_invalid}: choose error or skip")
     check_molecule(inputs, model_molecule if inputs.model == "hf" else MOLECULE[inputs.model])
 
 

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from bioprune.engine.io import run_identity
+from bioprune.engine.runtime import flags
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.collectives import Comm, raise_together
 from bioprune.engine.runtime.errors import UsageError, fail
@@ -19,13 +20,6 @@ from bioprune.engine.selection.report import CORESET, FASTA, LENGTH_PLOT, PLOT, 
 
 # one selection's outputs, replaced as one unit
 FILES = (CORESET, REPORT, PLOT, FASTA, TABLE, LENGTH_PLOT, CLUSTERS)
-IDENTITY_KEYS = ("strategy", "budget", "fraction", "hard_cutoff", "strata", "seed", "data",
-                 "molecule", "column", "id_column", "no_validate", "hist_bins", "no_plot",
-                 "cluster_identity", "cluster_coverage", "cluster_mode", "clusters", "dedup")
-# the rest (tests/project/test_identity_keys.py): --scores is in the identity by its _SUCCESS
-RUN_ONLY_KEYS = ("scores", "out", "corpus_cache", "threads", "overwrite")
-
-
 def resolve_scores(path: str) -> str:
     p = Path(path).expanduser().absolute()
     if not p.exists():
@@ -40,21 +34,10 @@ def resolve_scores(path: str) -> str:
 
 
 def check_select_settings(s) -> None:
+    """--scores found (a run or its scores/), then each field's own check (declared with it,
+    :func:`flags.check_fields`)."""
     s.scores = resolve_scores(s.scores)
-    v.output_dir("out", s.out)
-    v.positive_int("budget", s.budget)
-    v.finite("fraction", s.fraction, low=0, high=1, low_open=True, what="a fraction of n")
-    v.finite("hard_cutoff", s.hard_cutoff, low=0, high=1, high_open=True,
-             what="the share of top scores dropped")
-    v.positive_int("strata", s.strata)
-    v.positive_int("seed", s.seed, minimum=0)
-    v.positive_int("hist_bins", s.hist_bins)
-    v.positive_int("threads", s.threads)
-    if s.clusters is not None:
-        v.readable_file("clusters", s.clusters, "cluster table (representative<TAB>member TSV)")
-    if s.corpus_cache is not None and Path(s.corpus_cache).exists() \
-            and not Path(s.corpus_cache).is_dir():
-        fail(f"--corpus-cache {s.corpus_cache}: is a file, not a directory")
+    flags.check_fields(s)
 
 
 def begin_selection(s) -> dict:
@@ -65,7 +48,8 @@ def begin_selection(s) -> dict:
     out = Path(s.out).expanduser().absolute()
     scores = Path(s.scores)
     success = scores / "_SUCCESS"
-    config = run_identity.identity(s, IDENTITY_KEYS, data=False, checkpoint=False)
+    config = run_identity.identity(s, flags.identity_keys(type(s)), data=False,
+                                    checkpoint=False)
     config["scores"] = {"dir": str(scores), "success": success.read_text().strip()
                         if success.is_file() else None}
     err = None

@@ -16,36 +16,120 @@ import numpy as np
 
 from bioprune.engine.io.scores import ScoresError, read_share
 from bioprune.engine.runtime.collectives import Comm, raise_together
-from bioprune.engine.runtime.errors import UsageError
+from bioprune.engine.runtime import validate
+from bioprune.engine.runtime.errors import UsageError, fail
+from bioprune.engine.runtime.flags import Exclusive, Flag, at_least, finite, setting
+from bioprune.engine.runtime.run_flags import OVERWRITE
 from bioprune.engine.selection.exact import HIST_BINS, SelectionResult, select
 from bioprune.engine.selection.rules import SelectionError, budget_from_fraction, budget_range
 
 
+CLUSTER = "cluster (MMseqs2)"
+BUDGET = Exclusive("budget", required=True)
+
+
+def _cache_dir(name: str, path) -> None:
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        fail(f"--corpus-cache {path}: is a file, not a directory")
+
+
+def _clusters_file(name: str, path) -> None:
+    validate.readable_file(name, path, "cluster table (representative<TAB>member TSV)")
+
+
+# Every flag of select_coreset.py is declared here, once (runtime.flags). The field order is the
+# order of the run identity's keys in run_config.json; --scores is in the identity by its
+# _SUCCESS (checks.py).
 @dataclass
 class SelectSettings:
-    scores: str
-    strategy: str
-    out: str
-    budget: int | None = None
-    fraction: float | None = None
-    hard_cutoff: float = 0.05
-    strata: int = 50
-    seed: int = 0
-    data: list[str] | None = None      # write coreset.fasta; [] = the scoring run's inputs
-    molecule: str | None = None
-    column: str | None = None
-    id_column: str | None = None
-    corpus_cache: str | None = None
-    no_validate: bool = False
-    hist_bins: int = HIST_BINS
-    no_plot: bool = False
-    cluster_identity: float = 0.5     # --strategy cluster: MMseqs2 --min-seq-id
-    cluster_coverage: float = 0.8     # MMseqs2 -c (coverage of query and target)
-    cluster_mode: str = "cluster"     # easy-cluster (reproducible) or easy-linclust (linear time)
-    threads: int | None = None        # MMseqs2 threads; None = every core
-    clusters: str | None = None       # a representative/member TSV by id instead of MMseqs2
-    dedup: bool = False               # topk/cci/random among cluster representatives only
-    overwrite: bool = False            # replace another selection's outputs in out
+    scores: str = setting(identity=False, flag=Flag(
+        required=True, metavar="DIR",
+        help="a finished scoring run (RUN) or its scores directory (RUN/scores: part-*.parquet + "
+             "_SUCCESS)"))
+    strategy: str = setting(identity=True, flag=Flag(
+        required=True, choices=("topk", "cci", "random", "cluster"),
+        help="topk: the k highest scores (ties to the smaller index); cci: hard cut-off + K "
+             "equal-width strata + Algorithm 1 budgets + hashed picks; random: the m smallest "
+             "keys hash(seed, index); cluster: MMseqs2 cluster representatives of the scored "
+             "corpus (the redundancy-reduction baseline; scores unused; needs the corpus: --data "
+             "or the run's manifest)"))
+    out: str = setting(identity=False, check=validate.output_dir, flag=Flag(
+        required=True, metavar="DIR", help="output directory"))
+    budget: int | None = setting(None, identity=True, check=at_least(1), flag=Flag(
+        type=int, metavar="M", exclusive=BUDGET,
+        help="coreset size (topk/random: 1..n; cci: 1..n - floor(beta*n))"))
+    fraction: float | None = setting(None, identity=True, check=finite(
+        low=0, high=1, low_open=True, what="a fraction of n"), flag=Flag(
+        type=float, metavar="F", exclusive=BUDGET,
+        help="coreset size as a fraction of n: budget = floor(F * n), F in (0, 1]"))
+    hard_cutoff: float = setting(0.05, identity=True, check=finite(
+        low=0, high=1, high_open=True, what="the share of top scores dropped"), flag=Flag(
+        type=float, metavar="BETA",
+        help="cci: drop the floor(BETA * n) highest-ranked samples first, BETA in [0, 1)"))
+    strata: int = setting(50, identity=True, check=at_least(1), flag=Flag(
+        type=int, metavar="K",
+        help="cci: number of equal-width strata over the retained score range"))
+    seed: int = setting(0, identity=True, check=at_least(0), flag=Flag(
+        type=int, help="cci/random/cluster: keys hash(seed, corpus index) order the picks"))
+    # write coreset.fasta; [] = the scoring run's inputs
+    data: list[str] | None = setting(None, identity=True, flag=Flag(
+        nargs="*", metavar="PATH",
+        help="also write coreset.fasta (the selected records copied unchanged from these input "
+             "files) and coreset.tsv: the input files in corpus order; with no PATH, the paths "
+             "recorded in RUN/manifest.json"))
+    molecule: str | None = setting(None, identity=True, flag=Flag(
+        choices=("rna", "protein"),
+        help="corpus alphabet for --data (default: RUN/manifest.json's, else rna)"))
+    column: str | None = setting(None, identity=True, flag=Flag(
+        help="sequence column of table inputs for --data (default: the manifest's, else "
+             "'sequence')"))
+    id_column: str | None = setting(None, identity=True, flag=Flag(
+        help="record-id column of table inputs for --data (default: the manifest's)"))
+    corpus_cache: str | None = setting(None, identity=False, check=_cache_dir, flag=Flag(
+        metavar="DIR",
+        help="corpus cache for --data (default: the manifest's when the paths match, else "
+             "OUT/corpus)"))
+    no_validate: bool = setting(False, identity=True, flag=Flag(
+        action="store_true",
+        help="skip the exact check that the indices are a permutation of 0..n-1 (the range "
+             "check and the NaN/inf check always run)"))
+    hist_bins: int = setting(HIST_BINS, identity=True, check=at_least(1, "{flag} must be >= 1"),
+                             flag=Flag(
+        type=int, help="bins of the score histogram (selection.json and the PNG)"))
+    no_plot: bool = setting(False, identity=True, flag=Flag(
+        action="store_true", help="do not draw score_histogram.png"))
+    # --strategy cluster: MMseqs2 --min-seq-id
+    cluster_identity: float = setting(0.5, identity=True, flag=Flag(
+        type=float, metavar="ID", group=CLUSTER,
+        help="minimum sequence identity within a cluster (mmseqs --min-seq-id)"))
+    # MMseqs2 -c (coverage of query and target)
+    cluster_coverage: float = setting(0.8, identity=True, flag=Flag(
+        type=float, metavar="C", group=CLUSTER,
+        help="minimum alignment coverage of query and target (mmseqs -c, --cov-mode 0)"))
+    # easy-cluster (reproducible) or easy-linclust (linear time)
+    cluster_mode: str = setting("cluster", identity=True, flag=Flag(
+        choices=("cluster", "linclust"), group=CLUSTER,
+        help="easy-cluster (reproducible run to run) or easy-linclust (linear time, for very "
+             "large corpora; its clusters can differ between runs)"))
+    # MMseqs2 threads; None = every core
+    threads: int | None = setting(None, identity=False, check=at_least(1), flag=Flag(
+        type=int, group=CLUSTER,
+        help="MMseqs2 threads (default: every core of the machine; the table is saved as "
+             "OUT/clusters.tsv, so a coreset is reproducible from it)"))
+    # a representative/member TSV by id instead of MMseqs2
+    clusters: str | None = setting(None, identity=True, check=_clusters_file, flag=Flag(
+        metavar="TSV", group=CLUSTER,
+        help="use this cluster table instead of running MMseqs2: representative<TAB>member "
+             "lines by record id (MMseqs2's *_cluster.tsv, a selection's clusters.tsv, UniRef50 "
+             "or Rfam memberships converted to it); every corpus record exactly once"))
+    # topk/cci/random among cluster representatives only
+    dedup: bool = setting(False, identity=True, flag=Flag(
+        action="store_true", group=CLUSTER,
+        help="topk/cci/random: select among cluster representatives only (one record per "
+             "cluster, from --clusters or MMseqs2), so near-copies cannot fill the coreset; the "
+             "budget is still a count of records"))
+    # replace another selection's outputs in out
+    overwrite: bool = setting(False, identity=False, flag=OVERWRITE)
 
 
 def select_from_scores(scores_dir, strategy: str, budget: int | None = None,

@@ -8,42 +8,20 @@ import json
 from pathlib import Path
 
 from bioprune.engine.io import run_identity
-from bioprune.engine.runtime import distributed
+from bioprune.engine.runtime import distributed, flags
 from bioprune.engine.runtime import validate as v
 from bioprune.engine.runtime.errors import fail
 from bioprune.engine.training.trackers import check_available
 
-# what determines the trained model (epochs / steps may grow: that resumes)
-IDENTITY_KEYS = ("data", "column", "id_column", "model", "model_size", "checkpoint", "max_length",
-                 "lr", "weight_decay", "warmup", "micro_batch_size", "grad_accum", "seed",
-                 "heldout_size", "zero_stage", "deepspeed_config")
-# the rest (tests/project/test_identity_keys.py: every field is in one list): --indices is in the
-# identity by its digest; epochs / steps may grow; molecule / on_invalid come from
-# run_identity.identity
-RUN_ONLY_KEYS = ("out", "overwrite", "corpus_cache", "corpus_cache_local", "indices", "epochs",
-                 "steps", "save_steps", "save_total_limit", "offload", "molecule", "on_invalid",
-                 "report_to")
-
 
 def check_pretrain_settings(s) -> None:
+    """Each field's own check (declared with it, :func:`flags.check_fields`), then those that
+    read the index file or relate several settings."""
     from bioprune.engine.models.validate import check_model_inputs
 
-    v.output_dir("out", s.out)
+    flags.check_fields(s)
     if s.indices is not None:
-        v.readable_file("indices", s.indices, "index file (.npy)")
         run_identity.indices_digest(s.indices)
-    v.positive_int("epochs", s.epochs)
-    v.positive_int("steps", s.steps)
-    v.finite("lr", s.lr, low=0, low_open=True, what="a learning rate")
-    v.finite("weight_decay", s.weight_decay, low=0)
-    v.positive_int("warmup", s.warmup, minimum=0)
-    v.positive_int("micro_batch_size", s.micro_batch_size)
-    v.positive_int("grad_accum", s.grad_accum)
-    v.positive_int("seed", s.seed, minimum=0)
-    v.positive_int("heldout_size", s.heldout_size, minimum=0)
-    v.positive_int("save_steps", s.save_steps)
-    v.positive_int("save_total_limit", s.save_total_limit)
-    v.json_file("deepspeed_config", s.deepspeed_config)
     v.offload(s.offload, s.zero_stage)
     check_available(s.report_to)   # a missing wandb / mlflow stops here, not after the corpus
     check_model_inputs(s)
@@ -57,7 +35,7 @@ def begin_pretraining(s) -> Path | None:
     indices = run_identity.indices_digest(s.indices) if s.indices else "all"
     if isinstance(indices, dict):
         indices = {k: indices[k] for k in ("count", "sha256")}
-    config = run_identity.identity(s, IDENTITY_KEYS, extra={"indices": indices})
+    config = run_identity.identity(s, flags.identity_keys(type(s)), extra={"indices": indices})
     if not s.overwrite and run_identity.finished(out, config, "final/model.safetensors",
                                                  {"epochs": s.epochs, "steps": s.steps}):
         if distributed.is_main():

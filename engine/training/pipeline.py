@@ -24,28 +24,81 @@ from bioprune.engine.io.atomic import save_npy
 from bioprune.engine.io.manifest import Manifest
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
 from bioprune.engine.runtime import distributed
+from bioprune.engine.runtime import validate
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.runtime.flags import Exclusive, Flag, at_least, finite, setting
+from bioprune.engine.runtime.run_flags import DEEPSPEED_CONFIG, OFFLOAD, ZERO_STAGE
 from bioprune.engine.training.checks import begin_pretraining
+from bioprune.engine.training.trackers import report_to_flag
 
 
+OPTIMISATION = "optimisation"
+CHECKPOINTS = "checkpoints (resume, preemption)"
+
+
+# Every flag of pretrain.py is declared here, once (runtime.flags). The field order is the order
+# of the run identity's keys in run_config.json. --indices is in the identity by its digest
+# (checks.py); epochs / steps may grow, which resumes.
 @dataclass
 class PretrainSettings(ModelInputs):
-    out: str = "runs/pretrain"
-    indices: str | None = None      # an int64 .npy of corpus indices; None = the whole corpus
-    epochs: int = 10
-    steps: int | None = None        # total optimizer steps (overrides epochs)
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: int = 2000
-    micro_batch_size: int = 16
-    grad_accum: int = 1
-    seed: int = 0
-    heldout_size: int = 1000
-    save_steps: int | None = None        # checkpoint every N steps too (not part of the identity)
-    save_total_limit: int | None = None  # keep the K newest checkpoints
-    zero_stage: int = 2
-    offload: str = "none"
-    deepspeed_config: str | None = None
+    # an int64 .npy of corpus indices (or a list of record ids); None = the whole corpus (--all)
+    indices: str | None = setting(None, identity=False, check=lambda name, value: validate.
+                                  readable_file(name, value, "index file (.npy)"), flag=(
+        Flag(metavar="FILE", group="training set", exclusive=Exclusive("training set", True),
+             help="what to train on: corpus indices (a coreset.npy, subset.npy or any int64 "
+                  ".npy), or record ids, one per line (a text file; the first tab-separated "
+                  "column is read, '#' lines skipped; from a selection: cut -f2 coreset.tsv | "
+                  "tail -n +2 > ids.txt). Ids survive a corpus that was reordered or "
+                  "re-exported; indices do not"),
+        Flag(names=("--all",), action="store_const", const=None, group="training set",
+             exclusive=Exclusive("training set", True), help="train on the whole corpus")))
+    epochs: int = setting(10, identity=False, check=at_least(1), flag=Flag(
+        type=int, group=OPTIMISATION, help="passes over the training set"))
+    # total optimizer steps (overrides epochs)
+    steps: int | None = setting(None, identity=False, check=at_least(1, "{flag} must be >= 1"),
+                                flag=Flag(
+        type=int, group=OPTIMISATION,
+        help="train for exactly this many optimizer steps instead of --epochs (a small training "
+             "set repeats): compute-matched comparisons of coresets"))
+    lr: float = setting(1e-4, identity=True, check=finite(
+        low=0, low_open=True, what="a learning rate"), flag=Flag(
+        type=float, group=OPTIMISATION, help="peak AdamW learning rate"))
+    weight_decay: float = setting(0.01, identity=True, check=finite(low=0), flag=Flag(
+        type=float, group=OPTIMISATION, help="AdamW weight decay"))
+    warmup: int = setting(2000, identity=True, check=at_least(0), flag=Flag(
+        type=int, group=OPTIMISATION,
+        help="linear warm-up steps, then inverse-square-root decay"))
+    micro_batch_size: int = setting(16, identity=True, check=at_least(1), flag=Flag(
+        type=int, group=OPTIMISATION, help="sequences per step per rank"))
+    grad_accum: int = setting(1, identity=True, check=at_least(1), flag=Flag(
+        type=int, group=OPTIMISATION, help="gradient accumulation steps"))
+    seed: int = setting(0, identity=True, check=at_least(0), flag=Flag(
+        type=int, group=OPTIMISATION,
+        help="initialisation, data order, masks and the held-out sample"))
+    heldout_size: int = setting(1000, identity=True, check=at_least(0), flag=Flag(
+        type=int, group=OPTIMISATION,
+        help="sequences of the corpus held out for the per-epoch MLM loss/perplexity (removed "
+             "from the training set); 0 disables"))
+    # checkpoint every N steps too
+    save_steps: int | None = setting(None, identity=False, check=at_least(1), flag=Flag(
+        type=int, metavar="N", group=CHECKPOINTS,
+        help="also checkpoint every N optimizer steps (default: at each epoch's end only); a "
+             "rerun resumes from the last one on exactly the batches an unbroken run takes. "
+             "SIGTERM/SIGHUP (Slurm's --signal, a time limit) always checkpoints at the current "
+             "step, then exits 143"))
+    # keep the K newest checkpoints
+    save_total_limit: int | None = setting(None, identity=False, check=at_least(1), flag=Flag(
+        type=int, metavar="K", group=CHECKPOINTS,
+        help="keep only the K most recent checkpoints (default: every one)"))
+    # changes no result: a resume may change it
+    report_to: str = setting("tensorboard", identity=False, flag=report_to_flag(
+        "pretraining (stage pretrain)"))
+    out: str = setting("runs/pretrain", identity=False, check=validate.output_dir, flag=Flag(
+        required=True, help="output directory"))
+    zero_stage: int = setting(2, identity=True, flag=ZERO_STAGE)
+    offload: str = setting("none", identity=False, flag=OFFLOAD)
+    deepspeed_config: str | None = setting(None, identity=True, check=validate.json_file,
+                                           flag=DEEPSPEED_CONFIG)
 
 
 def read_indices(path: str, n: int, corpus=None) -> np.ndarray:

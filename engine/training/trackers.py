@@ -18,12 +18,26 @@ from pathlib import Path
 
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime.errors import fail
+from bioprune.engine.runtime.flags import Flag
 
 BACKENDS = ("none", "tensorboard", "wandb", "mlflow")
 PROJECT = "bioprune"          # the wandb project / mlflow experiment every run logs into
 # the module each backend imports and the pip package that provides it
 _NEEDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
           "mlflow": ("mlflow", "mlflow")}
+
+
+def report_to_flag(what: str) -> Flag:
+    """--report-to of a stage whose training curves are ``what``."""
+    return Flag(
+        choices=BACKENDS,
+        help=f"where the curves of {what} go (train loss and learning rate per optimizer step, "
+             "the per-epoch metrics), written by rank 0 under --out: tensorboard: "
+             "OUT/tensorboard/<stage>/ event files; wandb: an offline run in OUT/wandb/ (upload "
+             "later with `wandb sync`); mlflow: a local file store OUT/mlruns (`mlflow ui "
+             "--backend-store-uri file:OUT/mlruns`); none. wandb and mlflow are optional (pip "
+             "install wandb / mlflow). Not part of the run's identity: a resume may change it "
+             "(default: tensorboard)")
 
 
 def check_available(report_to: str) -> None:
