@@ -4,7 +4,8 @@ secondary structure, protein localisation, held-out MLM loss/perplexity and user
 with random-label and random-encoder controls; writes ``eval.json`` + ``eval.md``.
 
 Owns: task definitions and their data splits (``tasks``), embedding extraction (``embed``),
-probe heads and their training through Hugging Face ``accelerate`` (``probes``), metrics and
+probe heads and their training through Hugging Face ``accelerate`` (``probes``), held-out MLM
+loss and perplexity (``mlm``), the settings and task catalogue (``settings``), metrics and
 dot-bracket parsing (``metrics``), the report (``report``) and the driver (``runner``).
 
 May import ``runtime``, ``io``, ``data`` and ``models``; nothing imports it but

@@ -9,7 +9,9 @@ used by the tests and the demo.
 Everything downstream (batching, per-sample gradients, training, evaluation) talks to a
 :class:`~.bundle.ModelBundle`. :func:`build_model` by family name is in :mod:`.registry`;
 weights in and out of a module in :mod:`.checkpoint`, the exported directory in :mod:`.saved`;
-``--data``/``--model`` loading in :mod:`.inputs`.
+``--data``/``--model`` loading in :mod:`.inputs`; start-up checks of the --data / --model flags
+in :mod:`.validate`; RNA-FM's attention through SDPA, projections kept as hooked modules, in
+:mod:`.fm_attention`.
 May import ``runtime``, ``io`` and ``data``.
 """
 from __future__ import annotations
