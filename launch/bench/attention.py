@@ -15,7 +15,10 @@ on CUDA wall time after a synchronise:
   them), with one 15 % mask (K1, the paper's) and with the default plan (C1r25m: one cover of 4
   mask-token-only masks of 25 %), each on both paths: ms per sequence.
 
-Writes OUT/results.json when --out is given.
+Writes OUT/results.json when --out is given; --json FILE adds the targets (``targets.py``) that
+`make bench-gpu` (``gpu.py``) collects: SDPA no slower than fm's path at the longest length, and
+the default plan's scoring at most ``DEFAULT_OVER_K1_MAX`` × one mask (the cost target of the
+score-estimator work, which the CPU does not meet: copies cost linearly there).
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def parse_args(argv=None):
                    help="rows per scoring batch, as score.py's flag (micro-batch / 4 sequences)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="directory for results.json")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the results with their targets here (what `make bench-gpu` "
+                        "collects)")
     return p.parse_args(argv)
 
 
@@ -171,7 +177,23 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         write_json(Path(args.out) / "results.json", result)
+    if args.json:
+        write_json(Path(args.json), {**result, "targets": targets(result)})
     return 0
+
+
+def targets(result: dict) -> list[dict]:
+    from bioprune.launch.bench.targets import DEFAULT_OVER_K1_MAX, check
+
+    name = f"attention rnafm:{result['size']}"
+    longest = result["fwd_bwd"][max(result["fwd_bwd"])]
+    out = [check(f"{name}: SDPA ÷ fm explicit fwd+bwd, L={max(result['fwd_bwd'])}",
+                 longest["sdpa_ms"] / longest["explicit_ms"], "<=", 1.0)]
+    if "score" in result:
+        ms = result["score"]["ms_per_seq"]
+        out.append(check(f"{name}: default plan ÷ one mask, scoring (SDPA)",
+                         ms["C1r25m/sdpa"] / ms["K1/sdpa"], "<=", DEFAULT_OVER_K1_MAX))
+    return out
 
 
 if __name__ == "__main__":

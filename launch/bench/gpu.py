@@ -11,11 +11,15 @@ runs, on CUDA,
 2. ``scoring.py --device cuda``: tokens/s per GPU of training forward+backward, the Fisher pass
    and the scoring pass for esmc:300m, esmc:600m and rnafm:base in bf16 autocast (fp32
    accumulation), with the PyTorch and the Triton kernel paths side by side → OUT/scoring.json;
+3. ``attention.py --device cuda``: RNA-FM base forward+backward with fm's explicit attention
+   against SDPA, and scoring real RNAs with one mask against the default 4-copy plan (bf16)
+   → OUT/attention.json;
 
-prints both tables, then every target of the issue marked PASS / FAIL (n/a where a target does
+prints their tables, then every target marked PASS / FAIL (n/a where a target does
 not apply, e.g. the H100 tokens/s target on another GPU) and writes OUT/summary.json.
 Targets (``targets.py``): scoring ≤ 1.1 × training forward+backward; kernels ≥ 70% of GEMM
-throughput; ESM-C 600M scoring ≥ 80k tokens/s on an H100.
+throughput; ESM-C 600M scoring ≥ 80k tokens/s on an H100; RNA-FM attention: SDPA no slower
+than fm's explicit path; scoring with the default 4-copy masks ≤ 2 × one mask per sequence.
 
 Without CUDA it refuses with one line and exit code 2 (``make bench`` is the CPU benchmark).
 TRITON_INTERPRET is removed from the benchmarks' environment: interpreted kernels on a GPU
@@ -34,7 +38,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = (("kernels", "kernel_ops.py"), ("scoring", "scoring.py"))
+BENCHES = (("kernels", "kernel_ops.py"), ("scoring", "scoring.py"), ("attention", "attention.py"))
 NO_CUDA = 2
 
 
@@ -46,6 +50,9 @@ def parse_args(argv=None):
                    help="extra arguments for kernel_ops.py, one quoted string")
     p.add_argument("--scoring", default="", metavar="ARGS",
                    help="extra arguments for scoring.py, one quoted string")
+    p.add_argument("--attention", default="--size base --precision bf16 --tokens 16384",
+                   metavar="ARGS", help="arguments for attention.py, one quoted string "
+                                        "(default: %(default)s)")
     p.add_argument("--skip", nargs="*", default=[], choices=[b for b, _ in BENCHES],
                    help="benchmarks not to run")
     # The tests run the whole report on the CPU with this (and tiny settings).

@@ -263,7 +263,7 @@ def test_gpu_benchmarks_refuse_without_cuda(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_gpu_report_runs_both_benchmarks_and_collects_the_targets(tmp_path, capsys):
+def test_gpu_report_runs_every_benchmark_and_collects_the_targets(tmp_path, capsys):
     """The orchestration of `make bench-gpu`, run on the CPU with the tiniest settings."""
     out = tmp_path / "g"
     out.mkdir()
@@ -271,14 +271,17 @@ def test_gpu_report_runs_both_benchmarks_and_collects_the_targets(tmp_path, caps
     rc = gpu.main(["--_device", "cpu", "--out", str(out),
                    "--kernels", "--shapes 32x16 --batch 2 --seq 4 --repeats 1 --dtype fp32",
                    "--scoring", "--configs rnafm:tiny --arms train score --length 6 --batch 2 "
-                                "--rounds 1 --repeats 1"])
+                                "--rounds 1 --repeats 1",
+                   "--attention", "--lengths 8 --tokens 16 --repeats 1 --n 4"])
     assert rc == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert {n: r["rc"] for n, r in summary["runs"].items()} == {"kernels": 0, "scoring": 0}
+    assert {n: r["rc"] for n, r in summary["runs"].items()} == {"kernels": 0, "scoring": 0,
+                                                                 "attention": 0}
     names = [t["name"] for t in summary["targets"]]
     assert any(n.startswith("kernels custom") for n in names)
     assert "scoring rnafm:tiny torch: score ÷ train fwd+bwd" in names
+    assert "attention rnafm:tiny: default plan ÷ one mask, scoring (SDPA)" in names
     assert not any("stale" in t for t in summary["targets"])
     assert sum(summary["counts"].values()) == len(names)
     assert f"{summary['counts']['pass']} PASS, {summary['counts']['fail']} FAIL" in printed
