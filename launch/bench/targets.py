@@ -3,7 +3,8 @@ PASS / FAIL.
 
 The benchmarks (``scoring.py``, ``kernel_ops.py``, ``attention.py``) put a ``targets`` list in
 their JSON; each entry is one ``check``: the measured value, the bound, and ``pass`` = True /
-False, or None when the target does not apply where it was measured (e.g. the H100 tokens/s target on another device).
+False, or None when the target does not apply where it was measured (e.g. the H100 tokens/s
+target on another device).
 ``gpu.py`` collects them into one table.
 """
 from __future__ import annotations
