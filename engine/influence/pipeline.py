@@ -34,7 +34,7 @@ from bioprune.engine.influence import damping as dmp
 from bioprune.engine.influence.checks import begin_scoring
 from bioprune.engine.influence.grad_sample.storage import PartitionedWeights
 from bioprune.engine.influence.passes import Scorer, fisher_pass
-from bioprune.engine.influence.placement import Dense, Zero3, placement_for
+from bioprune.engine.influence.placement import Placement, placement_for
 from bioprune.engine.influence.settings import (REFERENCE_PARAMS, RESULT_KEYS, ScoreSettings,
                                                 damping_of, mask_plan)
 from bioprune.engine.io import scores as scores_io
@@ -56,7 +56,7 @@ class ScoringRun:
     out: Path
     rank: int
     world: int
-    placement: Dense | Zero3
+    placement: Placement
     corpus: Corpus
     max_residues: int
     subset: np.ndarray

@@ -34,7 +34,7 @@ from bioprune.engine.runtime.errors import fail
 Shapes = dict[str, tuple[int, ...]]
 
 
-def placement_for(config: dict) -> Dense | Zero3:
+def placement_for(config: dict) -> Placement:
     """The placement of the run whose DeepSpeed config (``zero3.ds_config``) is ``config``."""
     return Zero3(config) if zero3.stage_of(config) == 3 else Dense(config)
 
@@ -138,6 +138,10 @@ class Zero3(Dense):
         """This rank's weight partitions, held as partitioned parameters."""
         shapes = {nm: zero3.full_shape(p) for nm, p in module.named_parameters()}
         return PartitionedWeights.from_parts(weights, shapes, self.config)
+
+
+# the run's placement: Zero3 is Dense with the model, Fisher and weights partitioned
+Placement = Dense | Zero3
 
 
 def _check_fisher_file(path: Path, shapes: Shapes) -> None:
