@@ -8,7 +8,7 @@ what it records in ``manifest.json`` — and :class:`PhaseRunner` does what ever
   so an error on one rank stops every rank at the end of that phase instead of leaving the others
   waiting in the next collective;
 - timing: ``manifest.timing(name, seconds, items)`` for a phase that ran, the slowest rank's wall
-  time (a phase is as slow as its slowest rank);
+  time (a phase is as slow as its slowest rank) unless the phase measures its own;
 - memory: each rank's peak memory since the previous recorded peak (``peak=True``), gathered to
   ``peaks`` for the manifest's ``zero`` record;
 - the manifest: the phase's ``record`` on rank 0, then the manifest is saved (rewritten
@@ -48,6 +48,9 @@ class Phase(Generic[T]):
     # the items behind the manifest's throughput (sequences); None: a timing without one
     items: Callable[[T], int | None] | None = None
     timed: bool = True            # record the phase's wall time when it ran
+    # the phase's own measure of its time (training's loop alone, without building the model
+    # and exporting it); default: the slowest rank's wall time of ``run``
+    seconds: Callable[[T], float] | None = None
     peak: bool = False            # record every rank's peak memory when it ends (ran or resumed)
 
 
@@ -73,7 +76,8 @@ class PhaseRunner:
         if comm.any(missing):
             t = time.time()
             result = together(comm, phase.run, what=what)
-            seconds = comm.max_float(time.time() - t)
+            seconds = (comm.max_float(time.time() - t) if phase.seconds is None
+                       else phase.seconds(result))
             together(comm, self._record, phase, seconds, result, what=what)
         elif phase.resume is not None:
             result = together(comm, phase.resume, what=what)

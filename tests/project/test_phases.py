@@ -32,6 +32,8 @@ def test_a_phase_that_runs_is_timed_recorded_and_saved(tmp_path):
     assert saved["throughput"]["make"].endswith("seq/s")
     phases(Phase("quiet", lambda: None, timed=False))
     assert "quiet" not in _saved(tmp_path)["timings_s"]
+    phases(Phase("own", lambda: {"s": 12.5}, seconds=lambda r: r["s"]))   # its own measure
+    assert _saved(tmp_path)["timings_s"]["own"] == 12.5
 
 
 def test_a_phase_whose_outputs_are_there_is_skipped_and_read_back(tmp_path):
