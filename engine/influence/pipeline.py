@@ -32,9 +32,8 @@ from bioprune.engine.data.sampling import draw_subset, subset_size
 from bioprune.engine.influence import diagnostics
 from bioprune.engine.influence import damping as dmp
 from bioprune.engine.influence.checks import begin_scoring
-from bioprune.engine.influence.grad_sample.storage import PartitionedWeights
 from bioprune.engine.influence.passes import Scorer, fisher_pass
-from bioprune.engine.influence.placement import Placement, placement_for
+from bioprune.engine.influence.placement import Params, Placement, WeightStore, placement_for
 from bioprune.engine.influence.settings import (REFERENCE_PARAMS, RESULT_KEYS, ScoreSettings,
                                                 damping_of, mask_plan)
 from bioprune.engine.io import scores as scores_io
@@ -78,7 +77,7 @@ class Loaded:
 class Adaptation:
     """What the fine-tune on D_sub recorded (None when there was none: ``--finetune-epochs 0``)."""
     steps: int
-    metrics: list
+    metrics: list[dict]
     sequences: int
     ds_config: str               # the DeepSpeed config's file, as the engine reports it
 
@@ -88,7 +87,7 @@ class Covered:
     """The parameters the Fisher and scores cover, [(name, parameter)], and those left out
     because no sample gives them a gradient."""
     pattern: str | None
-    params: list
+    params: Params
     zero_gradient: list[str]
 
 
@@ -100,7 +99,7 @@ class Fisher:
 
 @dataclass(frozen=True)
 class Weights:
-    store: dict[str, torch.Tensor] | PartitionedWeights   # as the placement holds them
+    store: WeightStore                 # as the placement holds them
     record: dict                       # damping.resolve's record (λ, threshold, counts)
 
 
@@ -269,11 +268,11 @@ def _kernel_options(s: ScoreSettings) -> dict:
             "autocast_dtype": torch.bfloat16 if s.precision == "bf16" else None}
 
 
-def _shapes(params: list) -> dict[str, tuple[int, ...]]:
+def _shapes(params: Params) -> dict[str, tuple[int, ...]]:
     return {nm: tuple(zero3.full_shape(p)) for nm, p in params}
 
 
-def _fisher(run: ScoringRun, params: list, path: Path) -> Fisher:
+def _fisher(run: ScoringRun, params: Params, path: Path) -> Fisher:
     """The diagonal Fisher over D_sub, written to ``path`` (RUN/fisher.safetensors): {name: F}
     whole, or under ZeRO-3 {name: this rank's partition of F} (its elements inside the tensor)."""
     s, device = run.settings, distributed.device()
@@ -292,7 +291,7 @@ def _fisher(run: ScoringRun, params: list, path: Path) -> Fisher:
     return Fisher(run.placement.fisher_tensors(store, computed), nonzero)
 
 
-def _read_fisher(run: ScoringRun, params: list, path: Path) -> Fisher:
+def _read_fisher(run: ScoringRun, params: Params, path: Path) -> Fisher:
     return Fisher(run.placement.read_fisher(path, params, _shapes(params)))
 
 
@@ -316,8 +315,7 @@ def _record_damping(m: Manifest, weights: Weights) -> None:
 
 
 # ---- scores -------------------------------------------------------------------------------------
-def _score_all(run: ScoringRun, params: list,
-               weights: dict[str, torch.Tensor] | PartitionedWeights) -> Scored:
+def _score_all(run: ScoringRun, params: Params, weights: WeightStore) -> Scored:
     """I(z) for every sequence, data-parallel in fixed chunks of corpus indices (one part file
     per chunk; finished parts are kept and skipped). Under ZeRO-3 the ranks score in step."""
     s, n, device = run.settings, len(run.corpus), distributed.device()

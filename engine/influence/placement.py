@@ -30,8 +30,13 @@ from bioprune.engine.runtime import distributed, zero3
 from bioprune.engine.runtime.collectives import Comm
 from bioprune.engine.runtime.errors import fail
 
+# [(name, parameter)] of the covered parameters, in the model's order
+Params = list[tuple[str, torch.nn.Parameter]]
 # {parameter name: full shape}, in the covered parameters' order (the file's tensor order)
 Shapes = dict[str, tuple[int, ...]]
+FisherStore = DenseFisher | PartitionedFisher
+# the weights 1/(F + λ) as the scoring pass takes them: whole tensors, or this rank's partitions
+WeightStore = dict[str, torch.Tensor] | PartitionedWeights
 
 
 def placement_for(config: dict) -> Placement:
@@ -56,14 +61,14 @@ class Dense:
     def _place(self, bundle: ModelBundle) -> None:
         bundle.module.to(distributed.device())
 
-    def fisher_store(self, params: list, device) -> DenseFisher | PartitionedFisher:
+    def fisher_store(self, params: Params, device) -> FisherStore:
         return DenseFisher(params, device)
 
-    def fisher_tensors(self, store, computed: dict) -> dict[str, torch.Tensor]:
+    def fisher_tensors(self, store: FisherStore, computed: dict) -> dict[str, torch.Tensor]:
         """What the weights are made from once the Fisher pass returned ``computed``."""
         return computed
 
-    def save_fisher(self, path: Path, shapes: Shapes, store, meta: dict) -> int:
+    def save_fisher(self, path: Path, shapes: Shapes, store: FisherStore, meta: dict) -> int:
         """Write ``path`` on rank 0; returns its nonzero count there (0 on other ranks)."""
         if distributed.rank() != 0:
             return 0
@@ -72,7 +77,7 @@ class Dense:
             save_file({k: v.cpu().contiguous() for k, v in fisher.items()}, str(tmp), metadata=meta)
         return int(sum((f != 0).sum().item() for f in fisher.values()))
 
-    def read_fisher(self, path: Path, params: list, shapes: Shapes) -> dict[str, torch.Tensor]:
+    def read_fisher(self, path: Path, params: Params, shapes: Shapes) -> dict[str, torch.Tensor]:
         """The Fisher of ``path`` as :meth:`fisher_tensors` gives it for a fresh pass."""
         _check_fisher_file(path, shapes)
         fisher = load_file(str(path))
@@ -82,7 +87,7 @@ class Dense:
         """How the damping's statistics are summed over ranks: each rank has the whole Fisher."""
         return None
 
-    def weight_store(self, weights: dict, module: torch.nn.Module):
+    def weight_store(self, weights: dict, module: torch.nn.Module) -> WeightStore:
         return weights
 
 
@@ -97,13 +102,13 @@ class Zero3(Dense):
     def _place(self, bundle: ModelBundle) -> None:
         self.engine = zero3.inference_engine(bundle.module, self.config)
 
-    def fisher_store(self, params: list, device) -> DenseFisher | PartitionedFisher:
+    def fisher_store(self, params: Params, device) -> FisherStore:
         return PartitionedFisher(params, device)
 
-    def fisher_tensors(self, store, computed: dict) -> dict[str, torch.Tensor]:
+    def fisher_tensors(self, store: FisherStore, computed: dict) -> dict[str, torch.Tensor]:
         return {nm: store.valid(nm) for nm in store.shapes}
 
-    def save_fisher(self, path: Path, shapes: Shapes, store, meta: dict) -> int:
+    def save_fisher(self, path: Path, shapes: Shapes, store: FisherStore, meta: dict) -> int:
         """Each tensor is gathered to rank 0 and written before the next is gathered, so no rank
         holds the whole Fisher (collective)."""
         nonzero = 0
@@ -123,7 +128,7 @@ class Zero3(Dense):
                 pass
         return nonzero
 
-    def read_fisher(self, path: Path, params: list, shapes: Shapes) -> dict[str, torch.Tensor]:
+    def read_fisher(self, path: Path, params: Params, shapes: Shapes) -> dict[str, torch.Tensor]:
         """Each rank reads only its partitions."""
         _check_fisher_file(path, shapes)
         rank, world = distributed.rank(), distributed.world_size()
@@ -134,7 +139,7 @@ class Zero3(Dense):
         """Each rank holds partitions: the damping's statistics are summed over the ranks."""
         return Comm().allreduce
 
-    def weight_store(self, weights: dict, module: torch.nn.Module):
+    def weight_store(self, weights: dict, module: torch.nn.Module) -> WeightStore:
         """This rank's weight partitions, held as partitioned parameters."""
         shapes = {nm: zero3.full_shape(p) for nm, p in module.named_parameters()}
         return PartitionedWeights.from_parts(weights, shapes, self.config)
