@@ -8,6 +8,8 @@ steps (a small one is repeated) instead of the same number of epochs. A rerun in
 --out resumes, also with a larger ``steps`` (or ``epochs``): it takes the same batches and
 reaches the same weights as an unbroken run of the new length (the LR schedule depends on the
 step alone, see :func:`bioprune.engine.training.loop.make_engine`).
+The run is two phases of a :class:`bioprune.engine.io.phases.PhaseRunner` (the data, the
+training), which records them in ``manifest.json``.
 Collective: every rank calls :func:`run_pretraining` with the same settings.
 """
 from __future__ import annotations
