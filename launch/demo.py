@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
 def steps(args, out: Path, data: list[str]) -> list[tuple[str, str, list[str]]]:
     """(name, launcher, argv) of each step, the argv made from the launcher's settings."""
-    from bioprune.engine.influence.pipeline import ScoreSettings
+    from bioprune.engine.influence.settings import ScoreSettings
     from bioprune.engine.runtime.flags import to_argv
     from bioprune.engine.selection.pipeline import SelectSettings
     from bioprune.engine.training.pipeline import PretrainSettings

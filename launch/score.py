@@ -17,7 +17,8 @@ import sys
 
 from bioprune.engine.cli import (add_deepspeed_args, add_hf_path_arg, main_of, model_inputs,
                                  settings_from_args, settings_parser)
-from bioprune.engine.influence.pipeline import ScoreSettings, run_scoring
+from bioprune.engine.influence.pipeline import run_scoring
+from bioprune.engine.influence.settings import ScoreSettings
 
 
 def parse_args(argv=None) -> argparse.Namespace:

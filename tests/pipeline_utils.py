@@ -1,5 +1,6 @@
 """Running the real entry points from tests: plain python for one rank, the deepspeed launcher
-for several, on a small corpus cut from the real sample data."""
+for several, on a small corpus cut from the real sample data; and a function on several spawned
+gloo ranks (``spawn_ranks``)."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bioprune.engine.data.paths import data_dir  # the tests import it from here too
 from bioprune.engine.runtime.launching import entry_command, free_port
@@ -83,3 +85,26 @@ def read_scalars(directory) -> dict:
     acc = EventAccumulator(str(directory))
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def spawn_ranks(target, args, tmp_path, world: int = 2, timeout: int = 120) -> list[Path]:
+    """Run ``target(rank, world, init_file, *args, out)`` in ``world`` spawned processes that
+    join one gloo group through a file; returns each rank's ``out`` path. A rank that does not
+    finish in time fails the test (a deadlock), one that fails fails it too."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    outs = [tmp_path / f"out-{r}" for r in range(world)]
+    procs = [ctx.Process(target=target, args=(r, world, str(tmp_path / "init"), *args,
+                                              str(outs[r])))
+             for r in range(world)]
+    for q in procs:
+        q.start()
+    for q in procs:
+        q.join(timeout=timeout)
+    for q in procs:
+        if q.is_alive():
+            q.kill()
+            pytest.fail(f"{target.__name__} deadlocked across ranks")
+        assert q.exitcode == 0
+    return outs

@@ -264,7 +264,7 @@ class Study:
     def score_argv(self, run: str) -> list:
         """``score``: the default score; ``score_woft``: no adaptation (CCI w/o ft);
         ``score_1mask``: the single-mask score of the paper's code (--mask-draws 1)."""
-        from bioprune.engine.influence.pipeline import ScoreSettings
+        from bioprune.engine.influence.settings import ScoreSettings
 
         s = self.cfg["scoring"]
         settings = ScoreSettings(

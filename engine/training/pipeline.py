@@ -8,6 +8,8 @@ steps (a small one is repeated) instead of the same number of epochs. A rerun in
 --out resumes, also with a larger ``steps`` (or ``epochs``): it takes the same batches and
 reaches the same weights as an unbroken run of the new length (the LR schedule depends on the
 step alone, see :func:`bioprune.engine.training.loop.make_engine`).
+The run is two phases of a :class:`bioprune.engine.io.phases.PhaseRunner` (the data, the
+training), which records them in ``manifest.json``.
 Collective: every rank calls :func:`run_pretraining` with the same settings.
 """
 from __future__ import annotations
@@ -15,20 +17,28 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from bioprune.engine.data.corpus import Corpus
+from bioprune.engine.data.record_ids import ids_to_indices
 from bioprune.engine.data.sampling import heldout_indices
 from bioprune.engine.io.atomic import save_npy
 from bioprune.engine.io.manifest import Manifest
+from bioprune.engine.io.phases import Phase, PhaseRunner
+from bioprune.engine.io.run_identity import load_indices
+from bioprune.engine.models import ModelBundle
 from bioprune.engine.models.inputs import ModelInputs, load_model_and_corpus
 from bioprune.engine.runtime import distributed
 from bioprune.engine.runtime import validate
 from bioprune.engine.runtime.errors import fail
 from bioprune.engine.runtime.flags import Exclusive, Flag, at_least, finite, setting
 from bioprune.engine.runtime.run_flags import DEEPSPEED_CONFIG, OFFLOAD, ZERO_STAGE
+from bioprune.engine.runtime.zero3 import ds_config
 from bioprune.engine.training.checks import begin_pretraining
+from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
 from bioprune.engine.training.trackers import report_to_flag
 
 
@@ -106,9 +116,6 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
     A coreset written by select_coreset.py carries the content digest of the scored corpus in
     the ``selection.json`` beside it: with ``corpus`` given it must match (the same records in
     another order would pass every other check and train on the wrong sequences)."""
-    from bioprune.engine.data.record_ids import ids_to_indices
-    from bioprune.engine.io.run_identity import load_indices
-
     idx = load_indices(path)
     by_id = isinstance(idx, list)
     if by_id:   # record ids, e.g. coreset.tsv's id column: positions in this corpus, whatever order
@@ -134,19 +141,47 @@ def read_indices(path: str, n: int, corpus=None) -> np.ndarray:
     return idx
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """The data phase's result: the model to train and what it trains and is held out on."""
+    bundle: ModelBundle
+    corpus: Corpus
+    indices: np.ndarray          # sorted corpus indices, the held-out sample removed
+    heldout: np.ndarray
+    removed: int                 # indices dropped because they are held out
+    epochs: int
+    max_residues: int
+
+
 def run_pretraining(s: PretrainSettings) -> Path:
     """Train, checkpoint per epoch and where ``steps`` stops (resumable), export ``out/final``;
-    returns that directory."""
-    from bioprune.engine.runtime.zero3 import ds_config
-    from bioprune.engine.training.loop import TrainSettings, epochs_for_steps, export_weights, train
-
+    returns that directory. Two phases (``io.phases``): the data (model, corpus, training set,
+    held-out sample) and the training; the training resumes from its own checkpoints."""
     t0 = time.time()
     finished = begin_pretraining(s)   # all flags checked; --out locked; another coreset refused
     if finished is not None:
         return finished
     out = Path(s.out).expanduser().absolute()
     rank, world = distributed.rank(), distributed.world_size()
+    manifest = Manifest(out / "manifest.json", "pretrain", vars(s), world) if rank == 0 else None
+    phases = PhaseRunner(manifest)
     zero_config = ds_config(s.zero_stage, s.deepspeed_config, s.offload)
+    data = phases(Phase("data", partial(_training_set, s, out, zero_config, world),
+                        record=_record_data, timed=False))
+    result = phases(Phase("train", partial(_train, s, out, data), record=_record_training,
+                          items=lambda r: r["sequences"], seconds=lambda r: r["seconds"]))
+    if rank == 0:
+        manifest.timing("total", time.time() - t0)
+        manifest.save("finished")
+        last = result["metrics"][-1] if result["metrics"] else {}
+        print(f"pretrained {len(data.indices)} sequences x {data.epochs} epochs "
+              f"({result['steps']} steps); held-out loss "
+              f"{_number(last.get('heldout_loss')):.4f} "
+              f"ppl {_number(last.get('heldout_ppl')):.3f} -> {out / 'final'}", flush=True)
+    return out / "final"
+
+
+def _training_set(s: PretrainSettings, out: Path, zero_config: dict, world: int) -> TrainingSet:
     bundle, corpus, _, max_res = load_model_and_corpus(s, s.seed, out, zero_config)
     n = len(corpus)
     train_idx = (np.arange(n, dtype=np.int64) if s.indices is None
@@ -158,34 +193,35 @@ def run_pretraining(s: PretrainSettings) -> Path:
         fail("nothing left to train on after removing the held-out sample; lower --heldout-size")
     epochs = s.epochs if not s.steps else epochs_for_steps(
         s.steps, len(train_idx), s.micro_batch_size, world, s.grad_accum)
+    if distributed.rank() == 0:
+        save_npy(out / "heldout.npy", heldout)
+    return TrainingSet(bundle, corpus, train_idx, heldout, int(overlap.sum()), epochs, max_res)
+
+
+def _record_data(manifest: Manifest, data: TrainingSet) -> None:
+    corpus = data.corpus
+    manifest.count(corpus=len(corpus), train=len(data.indices), heldout=len(data.heldout),
+                   removed_for_heldout=data.removed, epochs=data.epochs,
+                   cropped=int((corpus.lengths[data.indices] > data.max_residues).sum()),
+                   rejected_records=int(corpus.stats.get("rejected", 0)))
+    # heldout.npy holds positions in this corpus: evaluate.py --run checks it is the same
+    manifest.set("corpus_digest", corpus.content_digest())
+
+
+def _train(s: PretrainSettings, out: Path, data: TrainingSet) -> dict:
+    """``loop.train``'s result, the model exported to ``out/final``."""
     settings = TrainSettings(
         lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup, schedule="inverse_sqrt",
-        epochs=epochs, micro_batch_size=s.micro_batch_size, seed=s.seed, max_residues=max_res,
-        zero_stage=s.zero_stage, ds_config=s.deepspeed_config, grad_accum=s.grad_accum,
-        max_steps=s.steps, offload=s.offload, save_steps=s.save_steps,
+        epochs=data.epochs, micro_batch_size=s.micro_batch_size, seed=s.seed,
+        max_residues=data.max_residues, zero_stage=s.zero_stage, ds_config=s.deepspeed_config,
+        grad_accum=s.grad_accum, max_steps=s.steps, offload=s.offload, save_steps=s.save_steps,
         save_total_limit=s.save_total_limit)
-    manifest = None
-    if rank == 0:
-        save_npy(out / "heldout.npy", heldout)
-        manifest = Manifest(out / "manifest.json", "pretrain", vars(s), world)
-        manifest.count(corpus=n, train=len(train_idx), heldout=len(heldout),
-                       removed_for_heldout=int(overlap.sum()), epochs=epochs,
-                       cropped=int((corpus.lengths[train_idx] > max_res).sum()),
-                       rejected_records=int(corpus.stats.get("rejected", 0)))
-        # heldout.npy holds positions in this corpus: evaluate.py --run checks it is the same
-        manifest.set("corpus_digest", corpus.content_digest())
-        manifest.save()
-    result = train(bundle, corpus, train_idx, settings, checkpoint_dir=out / "checkpoints",
-                   heldout=heldout, metrics_csv=out / "metrics.csv", report_to=s.report_to,
-                   run_dir=out, progress_desc="pretrain")
-    export_weights(result["engine"], bundle, out / "final")
-    if rank == 0:
-        _record(manifest, result, t0)
-        last = result["metrics"][-1] if result["metrics"] else {}
-        print(f"pretrained {len(train_idx)} sequences x {epochs} epochs ({result['steps']} steps); "
-              f"held-out loss {_number(last.get('heldout_loss')):.4f} "
-              f"ppl {_number(last.get('heldout_ppl')):.3f} -> {out / 'final'}", flush=True)
-    return out / "final"
+    result = train(data.bundle, data.corpus, data.indices, settings,
+                   checkpoint_dir=out / "checkpoints", heldout=data.heldout,
+                   metrics_csv=out / "metrics.csv", report_to=s.report_to, run_dir=out,
+                   progress_desc="pretrain")
+    export_weights(result["engine"], data.bundle, out / "final")
+    return result
 
 
 def _number(v) -> float:
@@ -196,11 +232,8 @@ def _number(v) -> float:
         return float("nan")
 
 
-def _record(manifest: Manifest, result: dict, t0: float) -> None:
+def _record_training(manifest: Manifest, result: dict) -> None:
     manifest.set("ds_config", result["engine"].bioprune_config_source)
     manifest.set("metrics", result["metrics"])
     manifest.count(steps=result["steps"], resumed_from_epoch=result["start_epoch"],
                    resumed_from_step=result["start_step"])
-    manifest.timing("train", result["seconds"], result["sequences"])
-    manifest.timing("total", time.time() - t0)
-    manifest.save("finished")

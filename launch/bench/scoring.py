@@ -94,7 +94,7 @@ def real_tokens(batch, bundle) -> int:
 
 def mask_plans():
     from bioprune.engine.data.batching import MaskPlan
-    from bioprune.engine.influence.pipeline import ScoreSettings, mask_plan
+    from bioprune.engine.influence.settings import ScoreSettings, mask_plan
 
     return {"one": MaskPlan(draws=1, seed=0), "cover": mask_plan(ScoreSettings(seed=0))}
 

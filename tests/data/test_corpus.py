@@ -12,6 +12,7 @@ import pytest
 from bioprune.engine.data.alphabets import get_alphabet
 from bioprune.engine.data.corpus import Corpus, CorpusError, load_corpus
 from bioprune.engine.data.paths import data_dir
+from pipeline_utils import spawn_ranks
 
 RNA_FILES = {
     "archiveII.csv": 3975,
@@ -485,29 +486,6 @@ def _rank_main(rank, world, init_file, paths, cache, out):
     dist.barrier()
     dist.destroy_process_group()
     Path(out).write_text("\n".join(res))
-
-
-def spawn_ranks(target, args, tmp_path, world: int = 2, timeout: int = 120) -> list[Path]:
-    """Run ``target(rank, world, init_file, *args, out)`` in ``world`` spawned processes that
-    join one gloo group through a file; returns each rank's ``out`` path. A rank that does not
-    finish in time fails the test (a deadlock), one that fails fails it too."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    outs = [tmp_path / f"out-{r}" for r in range(world)]
-    procs = [ctx.Process(target=target, args=(r, world, str(tmp_path / "init"), *args,
-                                              str(outs[r])))
-             for r in range(world)]
-    for q in procs:
-        q.start()
-    for q in procs:
-        q.join(timeout=timeout)
-    for q in procs:
-        if q.is_alive():
-            q.kill()
-            pytest.fail(f"{target.__name__} deadlocked across ranks")
-        assert q.exitcode == 0
-    return outs
 
 
 @pytest.mark.slow

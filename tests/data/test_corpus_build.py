@@ -342,7 +342,7 @@ def test_two_ranks_equal_the_one_rank_build(inputs, reference, tmp_path):
     """Two gloo ranks, each scanning its share: every case gives the reference bytes and, on
     both ranks, the reference error; a built cache is reused, a stale one refused on both ranks;
     a node-local cache ends up complete on each (simulated) node."""
-    from test_corpus import spawn_ranks
+    from pipeline_utils import spawn_ranks
 
     cases = _cases(inputs)
     # the cases cut files across the ranks: the second half of bad.fasta (bad records 1210 and

@@ -13,7 +13,7 @@ from bioprune.engine.cli import settings_from_args
 from bioprune.engine.evaluation.settings import EvalSettings
 from bioprune.engine.experiments.config import SCORED, load_config
 from bioprune.engine.experiments.study import Study
-from bioprune.engine.influence.pipeline import ScoreSettings
+from bioprune.engine.influence.settings import ScoreSettings
 from bioprune.engine.selection.pipeline import SelectSettings
 from bioprune.engine.training.pipeline import PretrainSettings
 

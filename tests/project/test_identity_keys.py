@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bioprune.engine.influence import pipeline as score
+from bioprune.engine.influence import settings as score
 from bioprune.engine.io import run_identity
 from bioprune.engine.runtime import flags, validate
 from bioprune.engine.selection.pipeline import SelectSettings

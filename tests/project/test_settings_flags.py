@@ -12,7 +12,7 @@ import pytest
 
 from bioprune.engine.cli import settings_from_args
 from bioprune.engine.evaluation.settings import EvalSettings
-from bioprune.engine.influence.pipeline import ScoreSettings
+from bioprune.engine.influence.settings import ScoreSettings
 from bioprune.engine.runtime import flags
 from bioprune.engine.selection.pipeline import SelectSettings
 from bioprune.engine.training.pipeline import PretrainSettings

@@ -13,7 +13,7 @@ from bioprune.engine.influence import damping as dmp
 from bioprune.engine.influence.diagnostics import GROUPS, contributions, parameter_groups
 from bioprune.engine.influence.grad_sample import Mode, SquaredGradCollector
 from bioprune.engine.influence.passes import Scorer, _backward_pass, fisher_pass
-from bioprune.engine.influence.pipeline import ScoreSettings, mask_plan
+from bioprune.engine.influence.settings import ScoreSettings, mask_plan
 from bioprune.engine.models import build_model, trainable_parameters
 from reference import expected_per_sample_grads, per_copy_grads
 
@@ -316,7 +316,7 @@ def test_a_run_never_resumes_under_another_mask_plan(tmp_path):
     """The resolved mask plan is part of the run identity: the same flags under a default that
     changed between versions (here the old 7-mask 80/10/10 cover) are refused, masks named."""
     from bioprune.engine.influence.checks import begin_scoring
-    from bioprune.engine.influence.pipeline import RESULT_KEYS
+    from bioprune.engine.influence.settings import RESULT_KEYS
     from bioprune.engine.runtime import lock
     from bioprune.engine.runtime.errors import UsageError
 
