@@ -25,7 +25,8 @@ from bioprune.engine.data.alphabets import get_alphabet
 from bioprune.engine.data.corpus.layout import REJECTED
 from bioprune.engine.data.corpus.normalise import RecordProblem, normalise_batch
 from bioprune.engine.data.read_input import iter_batches
-from bioprune.engine.data.readers import _WS, CorpusError, InputSpec, RawBatch, resolve_input
+from bioprune.engine.data.readers import (IS_WHITESPACE, CorpusError, InputSpec, RawBatch,
+                                          resolve_input)
 from bioprune.engine.io.atomic import atomic_path
 
 _BOM = b"\xef\xbb\xbf"
@@ -150,7 +151,7 @@ def _fasta_records(spec: InputSpec, numbers: np.ndarray
                 record = buf[starts[j]:ends[j]]
                 header, _, body = record.partition(b"\n")
                 words = np.frombuffer(header[1:], dtype=np.uint8)
-                cut = np.flatnonzero(_WS[words])
+                cut = np.flatnonzero(IS_WHITESPACE[words])
                 rid = header[1:1 + (int(cut[0]) if cut.size else len(words))]
                 yield rid.decode("utf-8", "replace"), body.replace(b"\n", b""), record
             pos, seen = stop, seen + done

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import numpy as np
 
-from bioprune.engine.data.readers import (_GT, _NL, _WS, CorpusError, InputSpec, RawBatch,
-                                          _check_not_gzip, _unreadable)
+from bioprune.engine.data.readers import (HEADER_START, IS_WHITESPACE, NEWLINE, CorpusError,
+                                          InputSpec, RawBatch, check_not_gzip, unreadable)
 
 
 
@@ -59,21 +59,21 @@ class _ReadAhead:
         return False
 
 
-def _fasta_batches(spec: InputSpec, chunk_bytes: int, start: int = 0,
-                   end: int | None = None) -> Iterator[RawBatch]:
+def fasta_batches(spec: InputSpec, chunk_bytes: int, start: int = 0,
+                  end: int | None = None) -> Iterator[RawBatch]:
     """The records of a FASTA file, or of its byte range [start, end): the records whose header
     '>' stands at a line start at a file offset in [start, end). Ranges cut anywhere (mid-record,
     mid-line) thus partition the records of a file, which lets ranks read one file in parallel;
     only the range at 0 sees a byte-order mark or junk before the first header (and reports it).
     ``records_read`` of a read error counts from the range's first record."""
     if not spec.compressed:
-        _check_not_gzip(spec)
+        check_not_gzip(spec)
     try:
         f = gzip.open(spec.path, "rb") if spec.compressed else open(spec.path, "rb")
         if start:
             f.seek(start - 1)   # the '\n' before a header at `start` makes it one
     except OSError as e:
-        raise _unreadable(spec, e) from e
+        raise unreadable(spec, e) from e
     nrec = 0  # records yielded so far (for error messages)
     first = not start
     synced = not start      # buf starts at the file start or at one of the range's headers
@@ -84,7 +84,7 @@ def _fasta_batches(spec: InputSpec, chunk_bytes: int, start: int = 0,
             try:
                 chunk = chunks.next()
             except (OSError, EOFError, zlib.error) as e:
-                raise _unreadable(spec, e, records_read=nrec) from e
+                raise unreadable(spec, e, records_read=nrec) from e
             eof = not chunk
             if first and not buf and chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM):]     # a UTF-8 byte-order mark (Windows editors)
@@ -137,20 +137,20 @@ def _parse_fasta_block(spec: InputSpec, block: bytes, first: bool) -> RawBatch |
     if not block.endswith(b"\n"):
         block += b"\n"
     a = np.frombuffer(block, dtype=np.uint8)
-    nl = np.flatnonzero(a == _NL)
+    nl = np.flatnonzero(a == NEWLINE)
     line_start = np.empty(len(nl), dtype=np.int64)
     line_start[0] = 0
     line_start[1:] = nl[:-1] + 1
-    is_hdr = a[line_start] == _GT
+    is_hdr = a[line_start] == HEADER_START
     hs = line_start[is_hdr]  # header line starts ('>')
     he = nl[is_hdr]  # header line ends ('\n')
     n = len(hs)
     pre_end = int(hs[0]) if n else len(a)
     if pre_end > 0:
         pre = a[:pre_end]
-        junk = np.flatnonzero(~_WS[pre])
+        junk = np.flatnonzero(~IS_WHITESPACE[pre])
         if junk.size:
-            line = int(np.count_nonzero(pre[: junk[0]] == _NL)) + 1
+            line = int(np.count_nonzero(pre[: junk[0]] == NEWLINE)) + 1
             raise CorpusError(
                 f"malformed FASTA: sequence data before the first '>' header (line {line})"
                 if first else "malformed FASTA: data outside a record",
@@ -164,7 +164,7 @@ def _parse_fasta_block(spec: InputSpec, block: bytes, first: bool) -> RawBatch |
     hidx = range_indices(hs + 1, hlen)
     hb = a[hidx]
     # sequence bytes: everything but newlines, header text and the '>' of each header
-    seq_mask = a != _NL
+    seq_mask = a != NEWLINE
     seq_mask[hs] = False
     seq_mask[hidx] = False
     seq_mask[:pre_end] = False
@@ -180,7 +180,7 @@ def _parse_fasta_block(spec: InputSpec, block: bytes, first: bool) -> RawBatch |
     # id = first word of the header text
     hoff = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(hlen, out=hoff[1:])
-    ws = np.flatnonzero(_WS[hb])
+    ws = np.flatnonzero(IS_WHITESPACE[hb])
     k = np.searchsorted(ws, hoff[:-1])
     first_ws = hoff[1:].copy()
     ok = k < len(ws)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from bioprune.engine.data.readers import (SPLIT_SEP, CorpusError, InputSpec, RawBatch,
-                                          _check_not_gzip, _unreadable)
+                                          check_not_gzip, unreadable)
 
 
 
@@ -77,12 +77,12 @@ def _table_batch(spec: InputSpec, table, column: str, idc: str | None) -> RawBat
     return RawBatch(data, offs, ids, id_offs, nulls)
 
 
-def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size: int):
+def csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size: int):
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     if not spec.compressed:
-        _check_not_gzip(spec)
+        check_not_gzip(spec)
     delim = "\t" if spec.format == "tsv" else ","
     parse = pcsv.ParseOptions(delimiter=delim)
     read = pcsv.ReadOptions(block_size=max(1 << 16, min(block_size, 1 << 30)))
@@ -98,7 +98,7 @@ def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size
             if "empty csv" in str(e).lower():
                 raise CorpusError("empty input file (no header, no records)", path=spec.display,
                                   hint="remove it from the inputs") from e
-            raise _unreadable(spec, e) from e
+            raise unreadable(spec, e) from e
 
     # first pass over the header only: the column names (cheap: one block)
     r0 = open_reader(pcsv.ConvertOptions(column_types={}))
@@ -122,22 +122,22 @@ def _csv_batches(spec: InputSpec, column: str, id_column: str | None, block_size
         except Exception as e:
             if isinstance(e, CorpusError):
                 raise
-            raise _unreadable(spec, e, records_read=nrec) from e
+            raise unreadable(spec, e, records_read=nrec) from e
         if rb.num_rows == 0:
             continue
         nrec += rb.num_rows
         yield _table_batch(spec, rb, column, idc)
 
 
-def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int,
-                     row_groups: tuple[int, int] | None = None):
+def parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int,
+                    row_groups: tuple[int, int] | None = None):
     import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(str(spec.path))
         schema = pf.schema_arrow
     except Exception as e:
-        raise _unreadable(spec, e) from e
+        raise unreadable(spec, e) from e
     idc = _pick_columns(spec, schema.names, column, id_column)
     t = schema.field(column).type
     if not _is_stringlike(t):
@@ -153,7 +153,7 @@ def _parquet_batches(spec: InputSpec, column: str, id_column: str | None, batch_
         except StopIteration:
             return
         except Exception as e:
-            raise _unreadable(spec, e, records_read=nrec) from e
+            raise unreadable(spec, e, records_read=nrec) from e
         if rb.num_rows == 0:
             continue
         nrec += rb.num_rows
@@ -193,7 +193,7 @@ def _load_hf(spec: InputSpec):
     return obj
 
 
-def _hf_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int):
+def hf_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows: int):
     ds = _load_hf(spec)
     names = list(ds.column_names)
     idc = _pick_columns(spec, names, column, id_column)
@@ -208,5 +208,5 @@ def _hf_batches(spec: InputSpec, column: str, id_column: str | None, batch_rows:
         try:
             table = ds[i:min(n, i + batch_rows)]
         except Exception as e:
-            raise _unreadable(spec, e, records_read=i) from e
+            raise unreadable(spec, e, records_read=i) from e
         yield _table_batch(spec, table, column, idc)

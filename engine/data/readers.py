@@ -49,10 +49,10 @@ _ACCEPTED = (
     "Parquet (.parquet/.pq), or a directory saved by datasets' save_to_disk (DIR or DIR::SPLIT)"
 )
 
-_WS = np.zeros(256, dtype=bool)
-_WS[np.frombuffer(WHITESPACE, dtype=np.uint8)] = True
-_NL = ord("\n")
-_GT = ord(">")
+IS_WHITESPACE = np.zeros(256, dtype=bool)
+IS_WHITESPACE[np.frombuffer(WHITESPACE, dtype=np.uint8)] = True
+NEWLINE = ord("\n")
+HEADER_START = ord(">")
 
 
 class CorpusError(ValueError, UsageError):
@@ -119,7 +119,7 @@ class InputSpec:
             st = os.stat(self.path)
             return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         except OSError as e:
-            raise _unreadable(self, e) from e
+            raise unreadable(self, e) from e
 
 
 @dataclass
@@ -185,7 +185,7 @@ def resolve_input(p) -> InputSpec:
     return InputSpec(spec, path, fmt, compressed, None)
 
 
-def _unreadable(spec: InputSpec, exc: BaseException, records_read: int = 0) -> CorpusError:
+def unreadable(spec: InputSpec, exc: BaseException, records_read: int = 0) -> CorpusError:
     """A CorpusError for a file that cannot be read (``records_read`` complete records were
     read before the failure)."""
     if isinstance(exc, CorpusError):
@@ -213,13 +213,13 @@ def _unreadable(spec: InputSpec, exc: BaseException, records_read: int = 0) -> C
     return err
 
 
-def _check_not_gzip(spec: InputSpec) -> None:
+def check_not_gzip(spec: InputSpec) -> None:
     """A plain-named file that is gzip data gets a clear message instead of garbage errors."""
     try:
         with open(spec.path, "rb") as f:
             magic = f.read(2)
     except OSError as e:
-        raise _unreadable(spec, e) from e
+        raise unreadable(spec, e) from e
     if magic == b"\x1f\x8b":
         raise CorpusError("the file is gzip-compressed but its name does not end in .gz",
                           path=spec.display, hint="rename it to end in .gz")

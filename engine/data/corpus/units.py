@@ -1,7 +1,7 @@
 """The inputs cut into units, and each rank's contiguous run of them.
 
 A *unit* is a whole input, a byte range of a plain FASTA file (the records whose '>' header
-starts in the range, see ``read_fasta._fasta_batches``), or a run of row groups of a Parquet
+starts in the range, see ``read_fasta.fasta_batches``), or a run of row groups of a Parquet
 file. Gzip FASTA, CSV/TSV (plain or gzip) and Hugging Face datasets stay whole: gzip cannot be
 entered mid-stream, a CSV row boundary cannot be found without parsing from the start (quoted
 newlines), and datasets are rarely the large inputs. Units are in corpus order and each rank
