@@ -156,21 +156,18 @@ def check_fields(s) -> None:
     for f, m in fields:
         if m.check is not None:
             m.check(f.name, getattr(s, f.name))
+    groups: dict[str, list[str]] = {}
     for f, m in fields:
         value = getattr(s, f.name)
         for flag in m.flags:
             if flag.choices is not None and value is not None and value not in flag.choices:
                 fail(f"{flag_names(f, flag)[0]} {value!r}: choose one of "
                      f"{', '.join(map(str, flag.choices))}")
-    groups: dict[str, list[str]] = {}
-    for f, m in fields:
-        for flag in m.flags:
-            ex = flag.exclusive_group
-            if ex is not None and flag.takes_value() and getattr(s, f.name) != default_of(f):
-                groups.setdefault(ex.name, []).append(flag_names(f, flag)[0])
-            elif ex is not None and not flag.takes_value() \
-                    and getattr(s, f.name) == flag.value_of_action() != default_of(f):
-                groups.setdefault(ex.name, []).append(flag_names(f, flag)[0])
+            # which flag of an exclusive group the value says was given
+            given = (value != default_of(f) if flag.takes_value()
+                     else value == flag.value_of_action() != default_of(f))
+            if flag.exclusive_group is not None and given:
+                groups.setdefault(flag.exclusive_group.name, []).append(flag_names(f, flag)[0])
     for given in groups.values():
         if len(given) > 1:
             fail(f"give {given[0]} or {given[1]}, not both" if len(given) == 2
