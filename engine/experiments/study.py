@@ -261,25 +261,27 @@ class Study:
         self._drop_checkpoints(out)
         return {"wall_s": wall, "steps": self.cfg["reference"]["steps"]}
 
-    def score_argv(self, run: str) -> list:
+    def _score_settings(self, run: str):
         """``score``: the default score; ``score_woft``: no adaptation (CCI w/o ft);
         ``score_1mask``: the single-mask score of the paper's code (--mask-draws 1)."""
         from bioprune.engine.influence.settings import ScoreSettings
 
         s = self.cfg["scoring"]
-        settings = ScoreSettings(
+        return ScoreSettings(
             **self._common(), checkpoint=self.reference_weights(),
             subset_size=min(s["subset_size"], self.n_train),
             finetune_epochs=0 if run == "score_woft" else s["finetune_epochs"],
             mask_draws=1 if run == "score_1mask" else None,
             micro_batch_size=s["micro_batch_size"], seed=0, out=str(self.out / run))
-        return [*to_argv(settings), *s["extra_args"]]
+
+    def score_argv(self, run: str) -> list:
+        return [*to_argv(self._score_settings(run)), *self.cfg["scoring"]["extra_args"]]
 
     def score(self, run: str) -> dict:
+        settings = self._score_settings(run)
         wall = self.launch("score.py", self.score_argv(run), run, self.ranks)
-        epochs = 0 if run == "score_woft" else self.cfg["scoring"]["finetune_epochs"]
-        return {"wall_s": wall, "finetune_epochs": epochs,
-                "mask_args": ["--mask-draws", 1] if run == "score_1mask" else []}
+        return {"wall_s": wall, "finetune_epochs": settings.finetune_epochs,
+                "mask_args": ["--mask-draws", settings.mask_draws] if settings.mask_draws else []}
 
     def clusters(self) -> dict:
         from bioprune.engine.data.corpus import load_corpus
